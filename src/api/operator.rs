@@ -1,0 +1,60 @@
+//! Operator-only endpoints: marketplaces, and the processor reporting outcomes.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::extract::{Caller, Json};
+use super::{AppState, created};
+use crate::domain::input::{CreateMarketplace, ProcessorOutcome};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/marketplaces", get(list_marketplaces).post(create_marketplace))
+        .route("/processor/transactions/{id}", put(record_outcome))
+}
+
+async fn create_marketplace(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json { value, .. }: Json<CreateMarketplace>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    let name = value.validate()?;
+    let (marketplace, secret) = state.db.create_marketplace(&name).await?;
+    Ok(created(json!({ "marketplaces": [{
+        "id": marketplace.id,
+        "href": format!("/marketplaces/{}", marketplace.id),
+        "name": marketplace.name,
+        // Shown once: only its hash is stored.
+        "secret": secret,
+    }]})))
+}
+
+async fn list_marketplaces(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    let items: Vec<_> = state
+        .db
+        .marketplaces()
+        .await?
+        .into_iter()
+        .map(|m| json!({ "id": m.id, "href": format!("/marketplaces/{}", m.id), "name": m.name }))
+        .collect();
+    Ok(axum::Json(json!({ "marketplaces": items })).into_response())
+}
+
+/// The payment processor's word on a transaction: `succeeded`, or `failed` with a reason.
+async fn record_outcome(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json { value, .. }: Json<ProcessorOutcome>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    let outcome = value.validate()?;
+    let body = state.db.record_outcome(&id, outcome).await?;
+    Ok(axum::Json(body).into_response())
+}

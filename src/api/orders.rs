@@ -1,0 +1,79 @@
+//! `/orders`, and `/customers/{merchant}/orders` as Balanced created them.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post};
+
+use super::error::ApiError;
+use super::extract::{Caller, Json, ListQuery, idempotency_key, if_match};
+use super::{AppState, created, listed, versioned};
+use crate::domain::input::{CreateOrder, Update};
+use crate::domain::views;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/orders", get(list).post(create))
+        .route("/customers/{merchant}/orders", post(create_for_merchant))
+        .route("/orders/{id}", get(show).put(update))
+}
+
+async fn create(state: State<AppState>, caller: Caller, headers: HeaderMap, body: Json<CreateOrder>) -> Result<Response, ApiError> {
+    create_order(state, caller, headers, None, "/orders", body).await
+}
+
+async fn create_for_merchant(
+    state: State<AppState>,
+    caller: Caller,
+    Path(merchant): Path<String>,
+    headers: HeaderMap,
+    body: Json<CreateOrder>,
+) -> Result<Response, ApiError> {
+    if body.value.merchant.is_some() {
+        return Err(ApiError::field("merchant", "is given by the path here"));
+    }
+    let path = format!("/customers/{merchant}/orders");
+    create_order(state, caller, headers, Some(merchant), &path, body).await
+}
+
+async fn create_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    merchant: Option<String>,
+    path: &str,
+    Json { value, raw }: Json<CreateOrder>,
+) -> Result<Response, ApiError> {
+    let marketplace = caller.marketplace()?;
+    let key = idempotency_key(&headers, "POST", path, &raw)?;
+    let new = value.validate(merchant.as_deref())?;
+    let body = state.db.create_order(marketplace, new, key.as_ref()).await?;
+    Ok(created(body))
+}
+
+async fn list(State(state): State<AppState>, caller: Caller, query: ListQuery) -> Result<Response, ApiError> {
+    let scope = caller.scope(query.marketplace.as_deref());
+    let page = state.db.orders(&scope, &query.page).await?;
+    Ok(listed("orders", "/orders", &query, page, |o| &o.id, views::order))
+}
+
+async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let order = state.db.order(&caller.scope(None), &id).await?;
+    Ok(versioned(views::envelope("orders", vec![views::order(&order)], None), order.version))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json { value, .. }: Json<Update>,
+) -> Result<Response, ApiError> {
+    let marketplace = caller.marketplace()?.to_owned();
+    let mut changes = value.validate()?;
+    changes.version = changes.version.or(if_match(&headers)?);
+    let scope = crate::store::Scope::Marketplace(marketplace);
+    let (body, version) = state.db.update_order(&scope, &id, changes).await?;
+    Ok(versioned(body, version))
+}

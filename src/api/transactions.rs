@@ -1,0 +1,155 @@
+//! Debits, refunds, credits and reversals: the same handlers for each kind.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+
+use super::error::ApiError;
+use super::extract::{Caller, Json, ListQuery, decode, idempotency_key, if_match};
+use super::{AppState, created, listed, versioned};
+use crate::domain::input::{CreateCredit, CreateDebit, CreateReturn, Update};
+use crate::domain::ledger::Kind;
+use crate::domain::views;
+use crate::store::{Scope, StoreError, TxnFilter};
+
+pub fn routes() -> Router<AppState> {
+    let mut router = Router::new();
+    for kind in Kind::ALL {
+        let c = kind.collection();
+        router = router
+            .route(
+                &format!("/{c}"),
+                get(move |s, caller, q| list(s, caller, q, kind, None)).post(move |s, caller, h, body| create(s, caller, h, body, kind, None)),
+            )
+            .route(
+                &format!("/{c}/{{id}}"),
+                get(move |s, caller, id| show(s, caller, id, kind)).put(move |s, caller, id, h, body| update(s, caller, id, h, body, kind)),
+            );
+    }
+    // Collections under a parent: a debit's refunds, a credit's reversals, an order's
+    // transactions. POST where Balanced allowed creating there.
+    for (parent, kind) in [(Kind::Debit, Kind::Refund), (Kind::Credit, Kind::Reversal)] {
+        router = router.route(
+            &format!("/{}/{{id}}/{}", parent.collection(), kind.collection()),
+            get(move |s, caller, Path(id): Path<String>, q| list(s, caller, q, kind, Some((ParentOf::Transaction(parent), id))))
+                .post(move |s, caller, Path(id): Path<String>, h, body| create(s, caller, h, body, kind, Some(id))),
+        );
+    }
+    for kind in Kind::ALL {
+        let path = format!("/orders/{{id}}/{}", kind.collection());
+        let list_route = get(move |s, caller, Path(id): Path<String>, q| list(s, caller, q, kind, Some((ParentOf::Order, id))));
+        router = match kind {
+            Kind::Debit | Kind::Credit => router.route(
+                &path,
+                list_route.post(move |s, caller, Path(id): Path<String>, h, body| create(s, caller, h, body, kind, Some(id))),
+            ),
+            Kind::Refund | Kind::Reversal => router.route(&path, list_route),
+        };
+    }
+    router
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ParentOf {
+    Order,
+    Transaction(Kind),
+}
+
+/// Creates a transaction of `kind`. `parent` is the id from the path: the order for
+/// debits and credits, the debit or credit for refunds and reversals.
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Json { value, raw }: Json<serde_json::Value>,
+    kind: Kind,
+    parent: Option<String>,
+) -> Result<Response, ApiError> {
+    let marketplace = caller.marketplace()?;
+    let path = match (&parent, kind) {
+        (None, _) => format!("/{}", kind.collection()),
+        (Some(id), Kind::Debit | Kind::Credit) => format!("/orders/{id}/{}", kind.collection()),
+        (Some(id), _) => format!("/{}/{id}/{}", kind.parent().map_or("", Kind::collection), kind.collection()),
+    };
+    let key = idempotency_key(&headers, "POST", &path, &raw)?;
+    let db = &state.db;
+    let scope = Scope::Marketplace(marketplace.to_owned());
+    let body = match kind {
+        Kind::Debit | Kind::Credit => {
+            if let Some(order) = &parent {
+                db.order(&scope, order).await?;
+            }
+            let new = if kind == Kind::Debit {
+                decode::<CreateDebit>(value)?.validate(parent.as_deref())?
+            } else {
+                decode::<CreateCredit>(value)?.validate(parent.as_deref())?
+            };
+            db.create_transfer(marketplace, kind, new, key.as_ref()).await?
+        }
+        Kind::Refund | Kind::Reversal => {
+            let parent_kind = kind.parent().expect("returns have parents");
+            let new = decode::<CreateReturn>(value)?.validate(parent_kind.as_str(), parent.as_deref())?;
+            let from_body = parent.is_none();
+            match db.create_return(marketplace, kind, new, key.as_ref()).await {
+                // A parent named in the body that does not exist is a bad field, not a
+                // missing page.
+                Err(StoreError::NotFound { id, .. }) if from_body => {
+                    return Err(ApiError::field(parent_kind.as_str(), format!("{id} not found")));
+                }
+                other => other?,
+            }
+        }
+    };
+    Ok(created(body))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: ListQuery,
+    kind: Kind,
+    parent: Option<(ParentOf, String)>,
+) -> Result<Response, ApiError> {
+    let scope = caller.scope(query.marketplace.as_deref());
+    let (filter, path) = match &parent {
+        None => (TxnFilter::All, format!("/{}", kind.collection())),
+        Some((ParentOf::Order, id)) => {
+            state.db.order(&scope, id).await?;
+            (TxnFilter::Order(id.clone()), format!("/orders/{id}/{}", kind.collection()))
+        }
+        Some((ParentOf::Transaction(p), id)) => {
+            state.db.transaction(&scope, *p, id).await?;
+            (TxnFilter::Parent(id.clone()), format!("/{}/{id}/{}", p.collection(), kind.collection()))
+        }
+    };
+    let page = state.db.transactions(&scope, kind, &filter, &query.page).await?;
+    Ok(listed(kind.collection(), &path, &query, page, |t| &t.id, views::transaction))
+}
+
+async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, kind: Kind) -> Result<Response, ApiError> {
+    let row = state.db.transaction(&caller.scope(None), kind, &id).await?;
+    Ok(versioned(views::envelope(kind.collection(), vec![views::transaction(&row)], None), row.version))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json { value, .. }: Json<Update>,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let marketplace = caller.marketplace()?.to_owned();
+    if value.delivery_address.is_some() {
+        return Err(ApiError::field("delivery_address", format!("is not a field of {}", kind.collection())));
+    }
+    let mut changes = value.validate()?;
+    changes.version = changes.version.or(if_match(&headers)?);
+    let (body, version) = state
+        .db
+        .update_transaction(&Scope::Marketplace(marketplace), kind, &id, changes)
+        .await?;
+    Ok(versioned(body, version))
+}

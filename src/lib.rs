@@ -1,0 +1,23 @@
+//! hookline: a payments ledger whose every state change is written, in the same database
+//! transaction, to an outbox of events for marketplaces' callback URLs.
+//!
+//! # Layout
+//!
+//! - [`domain`]: plain Rust. Amounts ([`domain::money`]), ids ([`domain::ids`]), the
+//!   transaction life cycle ([`domain::ledger`]), request validation ([`domain::input`])
+//!   and the Balanced 1.1 JSON views ([`domain::views`]). No axum, no sqlx.
+//! - [`store`]: the database. [`store::Db`] opens SQLite or PostgreSQL, applies
+//!   `migrations/{sqlite,postgres}`, and offers whole units of work (create a refund,
+//!   record a processor outcome, ...) that each own their transaction. The outbox
+//!   ([`store::outbox`]) is written inside those transactions.
+//! - [`api`]: the axum routers, one file per resource, and [`api::error`], which turns every
+//!   failure into Balanced's error envelope.
+//! - [`config`]: every command-line flag and environment variable, with defaults.
+//! - [`server`]: running the API: first-start bootstrap and graceful shutdown.
+//! - `src/main.rs`: parses the configuration, starts logging, runs a subcommand.
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod server;
+pub mod store;

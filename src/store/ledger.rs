@@ -1,0 +1,573 @@
+//! The ledger's units of work: creating orders and transactions, recording the
+//! processor's outcomes, and updates. Each writes its events through the outbox in the
+//! same database transaction.
+//!
+//! Escrow rules (amounts in an order's `amount_escrowed`): money out (refunds, credits) is
+//! taken when the transaction is created, and refused if escrow does not hold it; money in
+//! (debits, reversals) arrives when it succeeds. A failure gives back what its transaction
+//! moved. A failure after success that escrow can no longer cover (the money was paid out
+//! meanwhile) takes escrow to zero and records the rest as the order's `escrow_shortfall`.
+
+use serde_json::Value;
+use sqlx::Row;
+
+use super::outbox::{self, NewEvent};
+use super::reads::{order_by_id, txn_by_id};
+use super::{Db, IdempotencyKey, Refusal, Scope, StoreError, Tx, now_micros};
+use crate::domain::ids;
+use crate::domain::input::{Changes, NewOrder, NewReturn, NewTransfer, Outcome};
+use crate::domain::ledger::{Instrument, Kind, Status};
+use crate::domain::views::{self, OrderRow, TxnRow};
+
+/// How many times a compare-and-set is retried when a concurrent writer got there first.
+/// Each retry means another request changed the same row, so this bounds contention, not
+/// correctness: the loser of too many rounds gets an error rather than a wrong answer.
+const CAS_ROUNDS: usize = 64;
+
+impl Db {
+    pub async fn create_order(
+        &self,
+        marketplace: &str,
+        new: NewOrder,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Value, StoreError> {
+        if let Some(body) = self.replay(marketplace, key).await? {
+            return Ok(body);
+        }
+        let mut tx = self.begin().await?;
+        let now = now_micros();
+        let id = ids::new_id(ids::ORDER);
+        sqlx::query(
+            "INSERT INTO orders (id, marketplace_id, merchant, description, meta, delivery_address, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(&id)
+        .bind(marketplace)
+        .bind(&new.merchant)
+        .bind(&new.annotations.description)
+        .bind(serde_json::to_string(&new.annotations.meta).unwrap_or_default())
+        .bind(new.delivery_address.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let body = announce_order(&mut tx, &id, "order.created", now).await?;
+        self.commit_created(tx, marketplace, key, body).await
+    }
+
+    /// Creates a debit (from a source) or a credit (to a destination, out of an order's
+    /// escrow). Card transfers settle at once; bank account transfers stay pending.
+    pub async fn create_transfer(
+        &self,
+        marketplace: &str,
+        kind: Kind,
+        new: NewTransfer,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Value, StoreError> {
+        debug_assert!(matches!(kind, Kind::Debit | Kind::Credit));
+        if let Some(body) = self.replay(marketplace, key).await? {
+            return Ok(body);
+        }
+        let mut tx = self.begin().await?;
+        let now = now_micros();
+        let scope = Scope::Marketplace(marketplace.to_owned());
+        let order = match &new.order {
+            Some(id) => Some(referenced_order(&mut tx, &scope, id).await?),
+            None => None,
+        };
+        let amount = new.amount.cents();
+        if kind == Kind::Credit {
+            let order = order.as_ref().expect("credits are validated to have an order");
+            if !take_from_order(&mut tx, &order.id, 0, amount, now).await? {
+                let escrowed = order_by_id(&mut *tx, &Scope::All, &order.id).await?.amount_escrowed;
+                return Err(Refusal::InsufficientFunds { escrowed, amount, kind: "credit" }.into());
+            }
+        }
+        let settled = new.instrument.settles_at_once();
+        let statement = match new.appears_on_statement_as {
+            Some(s) => s,
+            None => default_statement(&self.marketplace_name(&mut tx, marketplace).await?, kind, &new.instrument),
+        };
+        let row = NewRow {
+            kind,
+            marketplace,
+            order_id: new.order.as_deref(),
+            parent_id: None,
+            instrument: Some(new.instrument.id()),
+            amount,
+            status: if settled { Status::Succeeded } else { Status::Pending },
+            statement: Some(&statement),
+            description: new
+                .annotations
+                .description
+                .as_deref()
+                .or(order.as_ref().and_then(|o| o.description.as_deref())),
+            meta: &new.annotations.meta,
+            now,
+        };
+        let id = insert_transaction(&mut tx, &row).await?;
+        if kind == Kind::Debit && settled {
+            if let Some(order) = &order {
+                add_to_order(&mut tx, &order.id, amount, amount, now).await?;
+            }
+        }
+        let body = announce_created(&mut tx, &id, kind, settled, now).await?;
+        if let Some(order) = &order {
+            if settled || kind == Kind::Credit {
+                announce_order(&mut tx, &order.id, "order.updated", now).await?;
+            }
+        }
+        self.commit_created(tx, marketplace, key, body).await
+    }
+
+    /// Creates a refund (of a debit) or a reversal (of a credit). The amount defaults to
+    /// what is left; the returns of one transaction never sum past it.
+    pub async fn create_return(
+        &self,
+        marketplace: &str,
+        kind: Kind,
+        new: NewReturn,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Value, StoreError> {
+        if let Some(body) = self.replay(marketplace, key).await? {
+            return Ok(body);
+        }
+        let mut tx = self.begin().await?;
+        let now = now_micros();
+        let scope = Scope::Marketplace(marketplace.to_owned());
+        let (parent, amount) = reserve_return(&mut tx, &scope, kind, &new).await?;
+        if kind == Kind::Refund {
+            if let Some(order_id) = &parent.order_id {
+                if !take_from_order(&mut tx, order_id, amount, amount, now).await? {
+                    let escrowed = order_by_id(&mut *tx, &Scope::All, order_id).await?.amount_escrowed;
+                    return Err(Refusal::InsufficientFunds { escrowed, amount, kind: "refund" }.into());
+                }
+            }
+        }
+        let instrument = Instrument::from_stored(parent.instrument.clone().unwrap_or_default());
+        let settled = instrument.settles_at_once();
+        let row = NewRow {
+            kind,
+            marketplace,
+            order_id: parent.order_id.as_deref(),
+            parent_id: Some(&parent.id),
+            instrument: None,
+            amount,
+            status: if settled { Status::Succeeded } else { Status::Pending },
+            statement: None,
+            description: new.annotations.description.as_deref(),
+            meta: &new.annotations.meta,
+            now,
+        };
+        let id = insert_transaction(&mut tx, &row).await?;
+        if kind == Kind::Reversal && settled {
+            if let Some(order_id) = &parent.order_id {
+                add_to_order(&mut tx, order_id, 0, amount, now).await?;
+            }
+        }
+        let body = announce_created(&mut tx, &id, kind, settled, now).await?;
+        if let Some(order_id) = &parent.order_id {
+            if kind == Kind::Refund || settled {
+                announce_order(&mut tx, order_id, "order.updated", now).await?;
+            }
+        }
+        self.commit_created(tx, marketplace, key, body).await
+    }
+
+    /// Records the processor's outcome for a transaction of any marketplace. Reporting the
+    /// status a transaction already has changes nothing and answers with it as it is.
+    pub async fn record_outcome(&self, id: &str, outcome: Outcome) -> Result<Value, StoreError> {
+        let not_found = || StoreError::NotFound { kind: "transaction", id: id.to_owned() };
+        let kind = Kind::of_id(id).ok_or_else(not_found)?;
+        let mut tx = self.begin().await?;
+        let now = now_micros();
+        let mut rounds = 0;
+        let current = loop {
+            let current = txn_by_id(&mut *tx, &Scope::All, kind, id).await?;
+            if current.status == outcome.status {
+                return Ok(views::envelope(kind.collection(), vec![views::transaction(&current)], None));
+            }
+            if !current.status.can_become(outcome.status) {
+                return Err(Refusal::IllegalTransition {
+                    kind: kind.as_str(),
+                    from: current.status,
+                    to: outcome.status,
+                }
+                .into());
+            }
+            let changed = sqlx::query(
+                "UPDATE transactions SET status = $1, failure_reason = $2, failure_reason_code = $3, \
+                 version = version + 1, updated_at = $4 WHERE id = $5 AND status = $6",
+            )
+            .bind(outcome.status.as_str())
+            .bind(&outcome.failure_reason)
+            .bind(&outcome.failure_reason_code)
+            .bind(now)
+            .bind(id)
+            .bind(current.status.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 1 {
+                break current;
+            }
+            rounds += 1;
+            if rounds >= CAS_ROUNDS {
+                return Err(sqlx::Error::Protocol("transaction status kept changing".into()).into());
+            }
+        };
+        let order_changed = apply_outcome(&mut tx, &current, outcome.status, now).await?;
+        let updated = txn_by_id(&mut *tx, &Scope::All, kind, id).await?;
+        let body = announce(&mut tx, &updated, &["updated", outcome.status.as_str()], now).await?;
+        if let (true, Some(order_id)) = (order_changed, &current.order_id) {
+            announce_order(&mut tx, order_id, "order.updated", now).await?;
+        }
+        tx.commit().await?;
+        Ok(body)
+    }
+
+    /// `PUT` on an order: description, meta and delivery address. Returns the order and its
+    /// new version.
+    pub async fn update_order(&self, scope: &Scope, id: &str, changes: Changes) -> Result<(Value, i64), StoreError> {
+        let mut tx = self.begin().await?;
+        let now = now_micros();
+        let mut rounds = 0;
+        loop {
+            let current = order_by_id(&mut *tx, scope, id).await?;
+            check_version(&changes, current.version)?;
+            let changed = sqlx::query(
+                "UPDATE orders SET description = $1, meta = $2, delivery_address = $3, \
+                 version = version + 1, updated_at = $4 WHERE id = $5 AND version = $6",
+            )
+            .bind(changes.description.clone().unwrap_or(current.description))
+            .bind(serde_json::to_string(changes.meta.as_ref().unwrap_or(&current.meta)).unwrap_or_default())
+            .bind(changes.delivery_address.as_ref().unwrap_or(&current.delivery_address).to_string())
+            .bind(now)
+            .bind(id)
+            .bind(current.version)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 1 {
+                break;
+            }
+            rounds += 1;
+            if rounds >= CAS_ROUNDS {
+                return Err(sqlx::Error::Protocol("order kept changing".into()).into());
+            }
+        }
+        let body = announce_order(&mut tx, id, "order.updated", now).await?;
+        let version = order_by_id(&mut *tx, &Scope::All, id).await?.version;
+        tx.commit().await?;
+        Ok((body, version))
+    }
+
+    /// `PUT` on a transaction: description and meta. Returns it and its new version.
+    pub async fn update_transaction(
+        &self,
+        scope: &Scope,
+        kind: Kind,
+        id: &str,
+        changes: Changes,
+    ) -> Result<(Value, i64), StoreError> {
+        let mut tx = self.begin().await?;
+        let now = now_micros();
+        let mut rounds = 0;
+        loop {
+            let current = txn_by_id(&mut *tx, scope, kind, id).await?;
+            check_version(&changes, current.version)?;
+            let changed = sqlx::query(
+                "UPDATE transactions SET description = $1, meta = $2, version = version + 1, \
+                 updated_at = $3 WHERE id = $4 AND version = $5",
+            )
+            .bind(changes.description.clone().unwrap_or(current.description))
+            .bind(serde_json::to_string(changes.meta.as_ref().unwrap_or(&current.meta)).unwrap_or_default())
+            .bind(now)
+            .bind(id)
+            .bind(current.version)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 1 {
+                break;
+            }
+            rounds += 1;
+            if rounds >= CAS_ROUNDS {
+                return Err(sqlx::Error::Protocol("transaction kept changing".into()).into());
+            }
+        }
+        let updated = txn_by_id(&mut *tx, &Scope::All, kind, id).await?;
+        let body = announce(&mut tx, &updated, &["updated"], now).await?;
+        tx.commit().await?;
+        Ok((body, updated.version))
+    }
+}
+
+fn check_version(changes: &Changes, current: i64) -> Result<(), StoreError> {
+    match changes.version {
+        Some(given) if given != current => Err(StoreError::StaleVersion { given, current }),
+        _ => Ok(()),
+    }
+}
+
+/// An order named in a request body; an unknown one is the request's fault (400), not a
+/// missing page (404).
+async fn referenced_order(tx: &mut Tx, scope: &Scope, id: &str) -> Result<OrderRow, StoreError> {
+    match order_by_id(&mut **tx, scope, id).await {
+        Err(StoreError::NotFound { .. }) => Err(StoreError::UnknownReference { field: "order", id: id.to_owned() }),
+        other => other,
+    }
+}
+
+/// Checks the money rules for a refund or reversal and reserves its amount on the parent
+/// with a compare-and-set, so concurrent returns can never sum past the parent.
+async fn reserve_return(tx: &mut Tx, scope: &Scope, kind: Kind, new: &NewReturn) -> Result<(TxnRow, i64), StoreError> {
+    let parent_kind = kind.parent().expect("returns have parents");
+    for _ in 0..CAS_ROUNDS {
+        let parent = txn_by_id(&mut **tx, scope, parent_kind, &new.parent).await?;
+        if parent.status != Status::Succeeded {
+            return Err(match kind {
+                Kind::Refund => Refusal::RefundInvalidDebitState(parent.status),
+                _ => Refusal::CannotReverseCredit(parent.status),
+            }
+            .into());
+        }
+        let remaining = parent.amount - parent.amount_returned;
+        if remaining == 0 {
+            return Err(match kind {
+                Kind::Refund => Refusal::DebitAlreadyRefunded,
+                _ => Refusal::CreditAlreadyReversed,
+            }
+            .into());
+        }
+        let amount = new.amount.map_or(remaining, |a| a.cents());
+        if amount > remaining {
+            return Err(match kind {
+                Kind::Refund => Refusal::RefundTooLarge { remaining },
+                _ => Refusal::ReversalTooLarge { remaining },
+            }
+            .into());
+        }
+        let reserved = sqlx::query(
+            "UPDATE transactions SET amount_returned = amount_returned + $1 \
+             WHERE id = $2 AND status = 'succeeded' AND amount_returned = $3",
+        )
+        .bind(amount)
+        .bind(&parent.id)
+        .bind(parent.amount_returned)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if reserved == 1 {
+            return Ok((parent, amount));
+        }
+    }
+    Err(sqlx::Error::Protocol("too many concurrent returns of one transaction".into()).into())
+}
+
+/// Moves escrow for a status change; returns whether the order changed.
+async fn apply_outcome(tx: &mut Tx, before: &TxnRow, to: Status, now: i64) -> Result<bool, StoreError> {
+    let amount = before.amount;
+    let parent = match &before.parent_id {
+        Some(p) => Some(txn_by_id(&mut **tx, &Scope::All, before.kind.parent().expect("has parent"), p).await?),
+        None => None,
+    };
+    // Once a debit or credit has failed, its whole remaining amount went back, so the
+    // later fate of its refunds or reversals no longer moves escrow.
+    let parent_live = parent.as_ref().is_none_or(|p| p.status != Status::Failed);
+    if to == Status::Failed {
+        if let Some(p) = &parent {
+            sqlx::query("UPDATE transactions SET amount_returned = amount_returned - $1 WHERE id = $2")
+                .bind(amount)
+                .bind(&p.id)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    let Some(order_id) = before.order_id.as_deref() else { return Ok(false) };
+    match (before.kind, before.status, to) {
+        (Kind::Debit, Status::Pending, Status::Succeeded) => add_to_order(tx, order_id, amount, amount, now).await?,
+        (Kind::Debit, Status::Succeeded, Status::Failed) => {
+            let net = amount - before.amount_returned;
+            claw_back(tx, order_id, net, net, now).await?
+        }
+        (Kind::Refund, _, Status::Failed) if parent_live => add_to_order(tx, order_id, amount, amount, now).await?,
+        (Kind::Credit, _, Status::Failed) => {
+            let row = sqlx::query(
+                "SELECT COALESCE(SUM(amount), 0) AS back FROM transactions WHERE parent_id = $1 AND status = 'succeeded'",
+            )
+            .bind(&before.id)
+            .fetch_one(&mut **tx)
+            .await?;
+            let reversed: i64 = row.try_get("back")?;
+            add_to_order(tx, order_id, 0, amount - reversed, now).await?
+        }
+        (Kind::Reversal, Status::Pending, Status::Succeeded) if parent_live => {
+            add_to_order(tx, order_id, 0, amount, now).await?
+        }
+        (Kind::Reversal, Status::Succeeded, Status::Failed) if parent_live => {
+            claw_back(tx, order_id, 0, amount, now).await?
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Raises an order's amount and escrow.
+async fn add_to_order(tx: &mut Tx, order_id: &str, amount: i64, escrow: i64, now: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE orders SET amount = amount + $1, amount_escrowed = amount_escrowed + $2, \
+         version = version + 1, updated_at = $3 WHERE id = $4",
+    )
+    .bind(amount)
+    .bind(escrow)
+    .bind(now)
+    .bind(order_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Lowers an order's amount and escrow if escrow holds enough; false (and nothing
+/// changed) if it does not.
+async fn take_from_order(tx: &mut Tx, order_id: &str, amount: i64, escrow: i64, now: i64) -> Result<bool, StoreError> {
+    let taken = sqlx::query(
+        "UPDATE orders SET amount = amount - $1, amount_escrowed = amount_escrowed - $2, \
+         version = version + 1, updated_at = $3 WHERE id = $4 AND amount_escrowed >= $2",
+    )
+    .bind(amount)
+    .bind(escrow)
+    .bind(now)
+    .bind(order_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(taken == 1)
+}
+
+/// A late failure takes money back out of an order: escrow floors at zero, and what it
+/// could not cover is added to `escrow_shortfall` so it is never silently lost.
+async fn claw_back(tx: &mut Tx, order_id: &str, amount: i64, escrow: i64, now: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE orders SET amount = amount - $1, \
+         amount_escrowed = CASE WHEN amount_escrowed >= $2 THEN amount_escrowed - $2 ELSE 0 END, \
+         escrow_shortfall = escrow_shortfall + CASE WHEN amount_escrowed >= $2 THEN 0 ELSE $2 - amount_escrowed END, \
+         version = version + 1, updated_at = $3 WHERE id = $4",
+    )
+    .bind(amount)
+    .bind(escrow)
+    .bind(now)
+    .bind(order_id)
+    .execute(&mut **tx)
+    .await?;
+    let row = sqlx::query("SELECT escrow_shortfall FROM orders WHERE id = $1")
+        .bind(order_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let shortfall: i64 = row.try_get("escrow_shortfall")?;
+    if shortfall > 0 {
+        tracing::warn!(order = order_id, shortfall, "a late failure left the order's escrow short");
+    }
+    Ok(())
+}
+
+struct NewRow<'a> {
+    kind: Kind,
+    marketplace: &'a str,
+    order_id: Option<&'a str>,
+    parent_id: Option<&'a str>,
+    instrument: Option<&'a str>,
+    amount: i64,
+    status: Status,
+    statement: Option<&'a str>,
+    description: Option<&'a str>,
+    meta: &'a crate::domain::input::Meta,
+    now: i64,
+}
+
+async fn insert_transaction(tx: &mut Tx, row: &NewRow<'_>) -> Result<String, StoreError> {
+    let id = ids::new_id(row.kind.id_prefix());
+    sqlx::query(
+        "INSERT INTO transactions (id, kind, marketplace_id, order_id, parent_id, instrument, amount, \
+         status, appears_on_statement_as, transaction_number, description, meta, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+    )
+    .bind(&id)
+    .bind(row.kind.as_str())
+    .bind(row.marketplace)
+    .bind(row.order_id)
+    .bind(row.parent_id)
+    .bind(row.instrument)
+    .bind(row.amount)
+    .bind(row.status.as_str())
+    .bind(row.statement)
+    .bind(ids::transaction_number(row.kind.number_prefix()))
+    .bind(row.description)
+    .bind(serde_json::to_string(row.meta).unwrap_or_default())
+    .bind(row.now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+/// `<kind>.created`, and for one that settled at once `<kind>.updated` and
+/// `<kind>.succeeded` too (as Balanced sent for card debits). Returns the resource.
+async fn announce_created(tx: &mut Tx, id: &str, kind: Kind, settled: bool, now: i64) -> Result<Value, StoreError> {
+    let row = txn_by_id(&mut **tx, &Scope::All, kind, id).await?;
+    let types: &[&str] = if settled { &["created", "updated", "succeeded"] } else { &["created"] };
+    announce(tx, &row, types, now).await
+}
+
+/// Writes `<kind>.<suffix>` events for a transaction, all with one `occurred_at`, and
+/// returns the resource in envelope form.
+async fn announce(tx: &mut Tx, row: &TxnRow, suffixes: &[&str], now: i64) -> Result<Value, StoreError> {
+    let body = views::envelope(row.kind.collection(), vec![views::transaction(row)], None);
+    for suffix in suffixes {
+        let event_type = format!("{}.{suffix}", row.kind.as_str());
+        outbox::append(
+            tx,
+            NewEvent {
+                marketplace_id: &row.marketplace_id,
+                event_type: &event_type,
+                entity_id: &row.id,
+                entity: &body,
+                occurred_at: now,
+            },
+        )
+        .await?;
+    }
+    Ok(body)
+}
+
+/// Writes an `order.*` event with the order as it now stands, and returns it.
+async fn announce_order(tx: &mut Tx, id: &str, event_type: &str, now: i64) -> Result<Value, StoreError> {
+    let order = order_by_id(&mut **tx, &Scope::All, id).await?;
+    let body = views::envelope("orders", vec![views::order(&order)], None);
+    outbox::append(
+        tx,
+        NewEvent {
+            marketplace_id: &order.marketplace_id,
+            event_type,
+            entity_id: id,
+            entity: &body,
+            occurred_at: now,
+        },
+    )
+    .await?;
+    Ok(body)
+}
+
+/// What a statement shows when the request does not say: the marketplace's name in the
+/// characters statements allow, with Balanced's `BAL*` prefix on card debits.
+fn default_statement(marketplace_name: &str, kind: Kind, instrument: &Instrument) -> String {
+    let clean: String = marketplace_name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || " .-".contains(*c))
+        .take(crate::domain::input::MAX_STATEMENT)
+        .collect();
+    let clean = if clean.trim().is_empty() { "hookline".to_owned() } else { clean };
+    if kind == Kind::Debit && instrument.settles_at_once() {
+        format!("BAL*{clean}")
+    } else {
+        clean
+    }
+}

@@ -1,0 +1,238 @@
+//! Storage: one set of units of work over SQLite or PostgreSQL.
+//!
+//! Both backends go through sqlx's `Any` driver, so every statement is written once, with
+//! `$N` parameters (SQLite reads them as numbered parameters too). Where the backends
+//! differ (pool shape, pragmas, `FOR UPDATE SKIP LOCKED`, LISTEN/NOTIFY) the code says so
+//! by matching on [`Backend`]. Each public method is a whole unit of work: it opens,
+//! commits or rolls back its own database transaction.
+//!
+//! Concurrency: on PostgreSQL, money rules are enforced by guarded `UPDATE ... WHERE`
+//! statements (compare-and-set), which re-check their condition on the newest committed
+//! row. On SQLite all writes go through one connection, so they are serial.
+
+mod idempotency;
+mod ledger;
+mod marketplaces;
+pub mod outbox;
+mod reads;
+mod rows;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{Any, AnyPool};
+
+use crate::domain::ledger::{Kind, Status};
+
+pub use idempotency::IdempotencyKey;
+pub use marketplaces::Marketplace;
+pub use reads::{Page, PageOf, TxnFilter};
+
+/// A database transaction on either backend.
+pub type Tx = sqlx::Transaction<'static, Any>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Whose data a call may see: one marketplace's, or (for the operator) every one's,
+/// optionally narrowed to one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Marketplace(String),
+    All,
+}
+
+impl Scope {
+    /// The marketplace id to filter on, or `None` for all.
+    pub fn marketplace(&self) -> Option<&str> {
+        match self {
+            Scope::Marketplace(id) => Some(id),
+            Scope::All => None,
+        }
+    }
+}
+
+/// Why a money movement was refused. Each maps to one of Balanced's error codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("State of debit to refund must be ``succeeded``; this debit is {0}.")]
+    RefundInvalidDebitState(Status),
+    #[error("Credit to reversal must have ``succeeded``; this credit is {0}.")]
+    CannotReverseCredit(Status),
+    #[error("Refund amount cannot be greater than the amount left to refund ({remaining}).")]
+    RefundTooLarge { remaining: i64 },
+    #[error("Reverse amount cannot be greater than the amount left to reverse ({remaining}).")]
+    ReversalTooLarge { remaining: i64 },
+    #[error("Debit has already been fully refunded.")]
+    DebitAlreadyRefunded,
+    #[error("Credit has already been fully reversed.")]
+    CreditAlreadyReversed,
+    #[error("Order escrow balance ({escrowed}) is insufficient for this {kind} of {amount}.")]
+    InsufficientFunds { escrowed: i64, amount: i64, kind: &'static str },
+    #[error("A {kind} cannot go from {from} to {to}.")]
+    IllegalTransition { kind: &'static str, from: Status, to: Status },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    /// A reference in the request body that does not resolve (`field` names it).
+    #[error("{field} {id} not found")]
+    UnknownReference { field: &'static str, id: String },
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("version {given} is stale; the current version is {current}")]
+    StaleVersion { given: i64, current: i64 },
+    #[error("Idempotency-Key {0:?} was already used with a different request")]
+    IdempotencyMismatch(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The handle every unit of work hangs off.
+#[derive(Debug, Clone)]
+pub struct Db {
+    /// Writes (and reads that must see them). One connection on SQLite.
+    write: AnyPool,
+    /// Reads. On PostgreSQL the same pool as `write`.
+    read: AnyPool,
+    backend: Backend,
+}
+
+/// Connection settings that are not part of the URL.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// PostgreSQL pool size.
+    pub max_connections: u32,
+    /// SQLite reader connections (there is always exactly one writer).
+    pub sqlite_readers: u32,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            sqlite_readers: 4,
+        }
+    }
+}
+
+impl Db {
+    /// Connects and applies the migrations of the backend the URL names. A URL that is
+    /// not `postgres://` or `sqlite:` is taken as the path of a SQLite file.
+    pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, StoreError> {
+        install_default_drivers();
+        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = AnyPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            Db {
+                write: pool.clone(),
+                read: pool,
+                backend: Backend::Postgres,
+            }
+        } else {
+            let url = sqlite_url(url);
+            let write = sqlite_pool(1).connect(&url).await?;
+            let read = sqlite_pool(options.sqlite_readers.max(1)).connect(&url).await?;
+            Db {
+                write,
+                read,
+                backend: Backend::Sqlite,
+            }
+        };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.write).await?,
+            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&self.write).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool for reads.
+    pub fn reader(&self) -> &AnyPool {
+        &self.read
+    }
+
+    /// Begins a write transaction. Library users who keep their own tables can use the
+    /// same pools through [`Db::writer`].
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(self.write.begin().await?)
+    }
+
+    /// The pool for writes (one connection on SQLite).
+    pub fn writer(&self) -> &AnyPool {
+        &self.write
+    }
+
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+/// `sqlite:` URLs pass through (with `mode=rwc` added so the file is created); anything
+/// else is a file path.
+fn sqlite_url(url: &str) -> String {
+    let url = if url.starts_with("sqlite:") {
+        url.to_owned()
+    } else {
+        format!("sqlite://{url}")
+    };
+    if url.contains("mode=") {
+        url
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+fn sqlite_pool(connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // WAL lets readers run beside the writer; FULL sync keeps every commit
+                // durable across power loss (money and attempt records must not vanish).
+                sqlx::raw_sql(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                )
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
+        })
+}
+
+/// The current time as microseconds since the epoch.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn parse_status(s: &str) -> Result<Status, sqlx::Error> {
+    Status::from_str(s).map_err(|_| sqlx::Error::Decode(format!("unknown status {s:?}").into()))
+}
+
+fn parse_kind(s: &str) -> Result<Kind, sqlx::Error> {
+    Kind::from_str(s).map_err(|_| sqlx::Error::Decode(format!("unknown kind {s:?}").into()))
+}

@@ -1,0 +1,206 @@
+//! Reads: one resource in a scope, and keyset-paginated lists.
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, AssertSqlSafe, Executor};
+
+use super::rows::{self, event_columns, order_columns, txn_columns};
+use super::{Db, Scope, StoreError};
+use crate::domain::ledger::Kind;
+use crate::domain::views::{CallbackStatuses, EventRow, OrderRow, TxnRow};
+
+/// A page request. Ids sort by creation time, so a page is "the `limit` items after (older
+/// than) `after`" or "before (newer than) `before`"; new items never shift a page.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub limit: i64,
+    pub after: Option<String>,
+    pub before: Option<String>,
+}
+
+/// One page, newest first.
+#[derive(Debug, Clone)]
+pub struct PageOf<T> {
+    pub items: Vec<T>,
+    /// Whether there are more items beyond this page in the direction travelled.
+    pub more: bool,
+}
+
+/// Which transactions of a kind to list.
+#[derive(Debug, Clone)]
+pub enum TxnFilter {
+    All,
+    /// Those on this order.
+    Order(String),
+    /// Those returning this debit or credit.
+    Parent(String),
+}
+
+pub(super) async fn order_by_id<'c, E: Executor<'c, Database = Any>>(
+    exec: E,
+    scope: &Scope,
+    id: &str,
+) -> Result<OrderRow, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders WHERE id = $1 AND marketplace_id = COALESCE($2, marketplace_id)"
+    ))
+    .bind(id)
+    .bind(scope.marketplace())
+    .fetch_optional(exec)
+    .await?;
+    match row {
+        Some(row) => Ok(rows::order(&row)?),
+        None => Err(StoreError::NotFound { kind: "order", id: id.to_owned() }),
+    }
+}
+
+pub(super) async fn txn_by_id<'c, E: Executor<'c, Database = Any>>(
+    exec: E,
+    scope: &Scope,
+    kind: Kind,
+    id: &str,
+) -> Result<TxnRow, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        txn_columns!(),
+        " FROM transactions WHERE id = $1 AND kind = $2 AND marketplace_id = COALESCE($3, marketplace_id)"
+    ))
+    .bind(id)
+    .bind(kind.as_str())
+    .bind(scope.marketplace())
+    .fetch_optional(exec)
+    .await?;
+    match row {
+        Some(row) => Ok(rows::transaction(&row)?),
+        None => Err(StoreError::NotFound { kind: kind.as_str(), id: id.to_owned() }),
+    }
+}
+
+impl Db {
+    pub async fn order(&self, scope: &Scope, id: &str) -> Result<OrderRow, StoreError> {
+        order_by_id(self.reader(), scope, id).await
+    }
+
+    pub async fn transaction(&self, scope: &Scope, kind: Kind, id: &str) -> Result<TxnRow, StoreError> {
+        txn_by_id(self.reader(), scope, kind, id).await
+    }
+
+    pub async fn event(&self, scope: &Scope, id: &str) -> Result<(EventRow, CallbackStatuses), StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE id = $1 AND marketplace_id = COALESCE($2, marketplace_id)"
+        ))
+        .bind(id)
+        .bind(scope.marketplace())
+        .fetch_optional(self.reader())
+        .await?;
+        match row {
+            Some(row) => Ok((rows::event(&row)?, CallbackStatuses::default())),
+            None => Err(StoreError::NotFound { kind: "event", id: id.to_owned() }),
+        }
+    }
+
+    pub async fn orders(&self, scope: &Scope, page: &Page) -> Result<PageOf<OrderRow>, StoreError> {
+        let mut filters = Vec::new();
+        scope_filter(scope, &mut filters);
+        self.list(concat!("SELECT ", order_columns!(), " FROM orders"), filters, page, rows::order)
+            .await
+    }
+
+    pub async fn transactions(
+        &self,
+        scope: &Scope,
+        kind: Kind,
+        filter: &TxnFilter,
+        page: &Page,
+    ) -> Result<PageOf<TxnRow>, StoreError> {
+        let mut filters = vec![("kind", kind.as_str().to_owned())];
+        scope_filter(scope, &mut filters);
+        match filter {
+            TxnFilter::All => {}
+            TxnFilter::Order(id) => filters.push(("order_id", id.clone())),
+            TxnFilter::Parent(id) => filters.push(("parent_id", id.clone())),
+        }
+        self.list(
+            concat!("SELECT ", txn_columns!(), " FROM transactions"),
+            filters,
+            page,
+            rows::transaction,
+        )
+        .await
+    }
+
+    /// Events, newest first; `entity` narrows them to one resource's.
+    pub async fn events(
+        &self,
+        scope: &Scope,
+        entity: Option<&str>,
+        page: &Page,
+    ) -> Result<PageOf<(EventRow, CallbackStatuses)>, StoreError> {
+        let mut filters = Vec::new();
+        scope_filter(scope, &mut filters);
+        if let Some(id) = entity {
+            filters.push(("entity_id", id.to_owned()));
+        }
+        let page = self
+            .list(concat!("SELECT ", event_columns!(), " FROM events"), filters, page, rows::event)
+            .await?;
+        Ok(PageOf {
+            items: page
+                .items
+                .into_iter()
+                .map(|e| (e, CallbackStatuses::default()))
+                .collect(),
+            more: page.more,
+        })
+    }
+
+    /// `select` (a SELECT without WHERE) narrowed by `column = value` filters and paged by id.
+    async fn list<T>(
+        &self,
+        select: &'static str,
+        filters: Vec<(&'static str, String)>,
+        page: &Page,
+        decode: fn(&AnyRow) -> Result<T, sqlx::Error>,
+    ) -> Result<PageOf<T>, StoreError> {
+        let mut sql = format!("{select} WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        for (column, value) in filters {
+            args.push(value);
+            sql.push_str(&format!(" AND {column} = ${}", args.len()));
+        }
+        let newer_first = page.before.is_none();
+        if let Some(after) = &page.after {
+            args.push(after.clone());
+            sql.push_str(&format!(" AND id < ${}", args.len()));
+        } else if let Some(before) = &page.before {
+            args.push(before.clone());
+            sql.push_str(&format!(" AND id > ${}", args.len()));
+        }
+        let order = if newer_first { "DESC" } else { "ASC" };
+        sql.push_str(&format!(" ORDER BY id {order} LIMIT {}", page.limit + 1));
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for arg in args {
+            query = query.bind(arg);
+        }
+        let rows = query.fetch_all(self.reader()).await?;
+        let more = rows.len() as i64 > page.limit;
+        let mut items = rows
+            .iter()
+            .take(page.limit as usize)
+            .map(decode)
+            .collect::<Result<Vec<T>, _>>()?;
+        if !newer_first {
+            items.reverse();
+        }
+        Ok(PageOf { items, more })
+    }
+}
+
+fn scope_filter(scope: &Scope, filters: &mut Vec<(&'static str, String)>) {
+    if let Some(id) = scope.marketplace() {
+        filters.push(("marketplace_id", id.to_owned()));
+    }
+}

@@ -1,0 +1,17 @@
+//! The API's behaviour, proven over real HTTP against the real router, on SQLite always
+//! and on PostgreSQL when `HOOKLINE_TEST_DATABASE_URL` names a database.
+//!
+//! Every test is an `async fn(TestApp)`; `on_both_backends!` turns each into
+//! `sqlite::<name>` and `postgres::<name>`.
+
+#[macro_use]
+mod common;
+
+mod atomicity;
+mod auth;
+mod bad_input;
+mod concurrency;
+mod idempotency;
+mod money;
+mod resources;
+mod schemas;
