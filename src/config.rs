@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "hookline", version, about = "Payments ledger with a transactional outbox and signed webhook callbacks")]
+#[command(
+    name = "hookline",
+    version,
+    about = "Payments ledger with a transactional outbox and signed webhook callbacks"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub config: Config,
@@ -25,13 +29,23 @@ pub enum Command {
 pub struct Config {
     /// The database: a SQLite file path or `sqlite:` URL (the embedded default, created if
     /// missing), or a `postgres://` URL for the scale-out mode. Migrations apply at start.
-    #[arg(long, env = "HOOKLINE_DATABASE_URL", default_value = "hookline.db", global = true)]
+    #[arg(
+        long,
+        env = "HOOKLINE_DATABASE_URL",
+        default_value = "hookline.db",
+        global = true
+    )]
     pub database_url: String,
 
     /// The operator credential (a long random string) for operator-only endpoints:
     /// creating marketplaces, reporting processor outcomes, reading across marketplaces.
     /// Unset, those endpoints answer 403.
-    #[arg(long, env = "HOOKLINE_OPERATOR_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "HOOKLINE_OPERATOR_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub operator_token: Option<String>,
 
     /// Log format: `text` for people, `json` for log pipelines. Levels come from `RUST_LOG`
@@ -40,7 +54,12 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// PostgreSQL connection pool size, per process.
-    #[arg(long, env = "HOOKLINE_DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    #[arg(
+        long,
+        env = "HOOKLINE_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
     pub db_max_connections: u32,
 }
 

@@ -27,8 +27,16 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, category_code: &'static str, message: impl Into<String>) -> Self {
-        let category_type = if status == StatusCode::CONFLICT { "logical" } else { "request" };
+    pub fn new(
+        status: StatusCode,
+        category_code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        let category_type = if status == StatusCode::CONFLICT {
+            "logical"
+        } else {
+            "request"
+        };
         Self {
             status,
             category_code,
@@ -44,7 +52,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not-found", format!("{what} not found."))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("{what} not found."),
+        )
     }
 
     pub fn unauthorized(message: &str) -> Self {
@@ -75,17 +87,34 @@ impl From<InputError> for ApiError {
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
         let (status, code, field) = match &r {
-            Refusal::RefundInvalidDebitState(_) => (StatusCode::BAD_REQUEST, "refund-invalid-debit-state", "debit"),
-            Refusal::CannotReverseCredit(_) => (StatusCode::BAD_REQUEST, "cannot-reverse-credit", "credit"),
+            Refusal::RefundInvalidDebitState(_) => (
+                StatusCode::BAD_REQUEST,
+                "refund-invalid-debit-state",
+                "debit",
+            ),
+            Refusal::CannotReverseCredit(_) => {
+                (StatusCode::BAD_REQUEST, "cannot-reverse-credit", "credit")
+            }
             Refusal::RefundTooLarge { .. } => (StatusCode::BAD_REQUEST, "invalid-amount", "amount"),
-            Refusal::ReversalTooLarge { .. } => (StatusCode::BAD_REQUEST, "invalid-reversal-amount", "amount"),
-            Refusal::DebitAlreadyRefunded => (StatusCode::CONFLICT, "debit-already-refunded", "debit"),
-            Refusal::CreditAlreadyReversed => (StatusCode::CONFLICT, "credit-already-reversed", "credit"),
-            Refusal::InsufficientFunds { .. } => (StatusCode::CONFLICT, "insufficient-funds", "amount"),
-            Refusal::IllegalTransition { .. } => (StatusCode::CONFLICT, "illegal-status-transition", "status"),
+            Refusal::ReversalTooLarge { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid-reversal-amount", "amount")
+            }
+            Refusal::DebitAlreadyRefunded => {
+                (StatusCode::CONFLICT, "debit-already-refunded", "debit")
+            }
+            Refusal::CreditAlreadyReversed => {
+                (StatusCode::CONFLICT, "credit-already-reversed", "credit")
+            }
+            Refusal::InsufficientFunds { .. } => {
+                (StatusCode::CONFLICT, "insufficient-funds", "amount")
+            }
+            Refusal::IllegalTransition { .. } => {
+                (StatusCode::CONFLICT, "illegal-status-transition", "status")
+            }
         };
         let mut err = Self::new(status, code, r.to_string());
-        err.extras.insert(field.to_owned(), Value::String(r.to_string()));
+        err.extras
+            .insert(field.to_owned(), Value::String(r.to_string()));
         err
     }
 }
@@ -102,7 +131,9 @@ impl From<StoreError> for ApiError {
                 let mut err = Self::new(
                     StatusCode::CONFLICT,
                     "version-conflict",
-                    format!("Version {given} is stale: the resource is at version {current}. Fetch it and retry."),
+                    format!(
+                        "Version {given} is stale: the resource is at version {current}. Fetch it and retry."
+                    ),
                 );
                 err.extras.insert("version".into(), json!(current));
                 err
@@ -134,7 +165,11 @@ impl IntoResponse for ApiError {
             .try_with(Clone::clone)
             .unwrap_or_else(|_| crate::domain::ids::request_id());
         if self.status.is_server_error() {
-            tracing::error!(request_id, status = self.status.as_u16(), "answered with a server error");
+            tracing::error!(
+                request_id,
+                status = self.status.as_u16(),
+                "answered with a server error"
+            );
         }
         let message = self.message.trim_end_matches('.');
         let body = json!({ "errors": [{

@@ -15,7 +15,10 @@ pub fn routes() -> Router<AppState> {
     let mut router = Router::new()
         .route("/events", get(list))
         .route("/events/{id}", get(show))
-        .route("/orders/{id}/events", get(|s, c, Path(id): Path<String>, q| of_resource(s, c, id, q, None)));
+        .route(
+            "/orders/{id}/events",
+            get(|s, c, Path(id): Path<String>, q| of_resource(s, c, id, q, None)),
+        );
     for kind in Kind::ALL {
         router = router.route(
             &format!("/{}/{{id}}/events", kind.collection()),
@@ -33,13 +36,21 @@ fn id((row, _): &(EventRow, CallbackStatuses)) -> &str {
     &row.id
 }
 
-async fn list(State(state): State<AppState>, caller: Caller, query: ListQuery) -> Result<Response, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: ListQuery,
+) -> Result<Response, ApiError> {
     let scope = caller.scope(query.marketplace.as_deref());
     let page = state.db.events(&scope, None, &query.page).await?;
     Ok(listed("events", "/events", &query, page, id, view))
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Path(event_id): Path<String>) -> Result<Response, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(event_id): Path<String>,
+) -> Result<Response, ApiError> {
     let event = state.db.event(&caller.scope(None), &event_id).await?;
     Ok(axum::Json(views::envelope("events", vec![view(&event)], None)).into_response())
 }
@@ -63,7 +74,10 @@ async fn of_resource(
             kind.collection()
         }
     };
-    let page = state.db.events(&scope, Some(&resource), &query.page).await?;
+    let page = state
+        .db
+        .events(&scope, Some(&resource), &query.page)
+        .await?;
     let path = format!("/{collection}/{resource}/events");
     Ok(listed("events", &path, &query, page, id, view))
 }

@@ -35,7 +35,9 @@ impl Caller {
     pub fn require_operator(&self) -> Result<(), ApiError> {
         match self {
             Caller::Operator => Ok(()),
-            Caller::Marketplace(_) => Err(ApiError::forbidden("This call is for the operator credential only")),
+            Caller::Marketplace(_) => Err(ApiError::forbidden(
+                "This call is for the operator credential only",
+            )),
         }
     }
 
@@ -59,7 +61,9 @@ fn presented_secret(parts: &Parts) -> Option<String> {
         return Some(rest.trim().to_owned());
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
         let decoded = String::from_utf8(decoded).ok()?;
         let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
         let secret = if user.is_empty() { password } else { user };
@@ -77,14 +81,16 @@ impl FromRequestParts<AppState> for Caller {
                 "Authentication required: send your API secret with HTTP Basic (as the user name) or as a Bearer token",
             ));
         };
-        if let Some(operator) = &state.config.operator_token {
-            if bool::from(operator.as_bytes().ct_eq(secret.as_bytes())) {
-                return Ok(Caller::Operator);
-            }
+        if let Some(operator) = &state.config.operator_token
+            && bool::from(operator.as_bytes().ct_eq(secret.as_bytes()))
+        {
+            return Ok(Caller::Operator);
         }
         match state.db.marketplace_by_secret(&secret).await? {
             Some(m) => Ok(Caller::Marketplace(m)),
-            None => Err(ApiError::unauthorized("The API secret presented is not valid")),
+            None => Err(ApiError::unauthorized(
+                "The API secret presented is not valid",
+            )),
         }
     }
 }
@@ -101,12 +107,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let raw = Bytes::from_request(req, state).await.map_err(|e| {
-            ApiError::new(e.status(), "request", format!("Could not read the request body: {}", e.body_text()))
+            ApiError::new(
+                e.status(),
+                "request",
+                format!("Could not read the request body: {}", e.body_text()),
+            )
         })?;
-        let text: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &raw };
+        let text: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &raw
+        };
         let mut de = serde_json::Deserializer::from_slice(text);
         let value = serde_path_to_error::deserialize(&mut de).map_err(body_error)?;
-        de.end().map_err(|e| ApiError::field("body", format!("is not valid JSON: {e}")))?;
+        de.end()
+            .map_err(|e| ApiError::field("body", format!("is not valid JSON: {e}")))?;
         Ok(Json { value, raw })
     }
 }
@@ -168,37 +183,66 @@ impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
                 .parse::<i64>()
                 .ok()
                 .filter(|l| (1..=MAX_LIMIT).contains(l))
-                .ok_or_else(|| ApiError::field("limit", format!("must be a whole number from 1 to {MAX_LIMIT}")))?,
+                .ok_or_else(|| {
+                    ApiError::field(
+                        "limit",
+                        format!("must be a whole number from 1 to {MAX_LIMIT}"),
+                    )
+                })?,
         };
         if raw.after.is_some() && raw.before.is_some() {
             return Err(ApiError::field("before", "cannot be given with after"));
         }
-        for (name, cursor) in [("after", &raw.after), ("before", &raw.before), ("marketplace", &raw.marketplace)] {
-            if cursor.as_ref().is_some_and(|c| c.is_empty() || c.len() > 64 || !c.bytes().all(|b| b.is_ascii_alphanumeric())) {
+        for (name, cursor) in [
+            ("after", &raw.after),
+            ("before", &raw.before),
+            ("marketplace", &raw.marketplace),
+        ] {
+            if cursor.as_ref().is_some_and(|c| {
+                c.is_empty() || c.len() > 64 || !c.bytes().all(|b| b.is_ascii_alphanumeric())
+            }) {
                 return Err(ApiError::field(name, "must be an id"));
             }
         }
         Ok(ListQuery {
-            page: Page { limit, after: raw.after, before: raw.before },
+            page: Page {
+                limit,
+                after: raw.after,
+                before: raw.before,
+            },
             marketplace: raw.marketplace,
         })
     }
 }
 
 /// The `Idempotency-Key` header, if sent, bound to what the request asks for.
-pub fn idempotency_key(parts: &axum::http::HeaderMap, method: &str, path: &str, body: &[u8]) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(value) = parts.get("idempotency-key") else { return Ok(None) };
+pub fn idempotency_key(
+    parts: &axum::http::HeaderMap,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = parts.get("idempotency-key") else {
+        return Ok(None);
+    };
     let key = value
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| ApiError::field("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))?;
+        .ok_or_else(|| {
+            ApiError::field(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+        })?;
     Ok(Some(IdempotencyKey::new(key, method, path, body)))
 }
 
 /// The version a `PUT` expects: `If-Match: "3"` or the body's `version`.
 pub fn if_match(headers: &axum::http::HeaderMap) -> Result<Option<i64>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
     value
         .to_str()
         .ok()

@@ -39,7 +39,10 @@ pub struct AppState {
 
 pub fn router(db: Db, config: ApiConfig) -> Router {
     let max_body = config.max_body_bytes.max(1024);
-    let state = AppState { db, config: Arc::new(config) };
+    let state = AppState {
+        db,
+        config: Arc::new(config),
+    };
     Router::new()
         .merge(orders::routes())
         .merge(transactions::routes())
@@ -86,7 +89,14 @@ fn versioned(body: Value, version: i64) -> Response {
 }
 
 /// A list in the Balanced envelope, with `meta` carrying the page links.
-fn listed<T>(collection: &str, path: &str, query: &ListQuery, page: PageOf<T>, id: fn(&T) -> &str, view: fn(&T) -> Value) -> Response {
+fn listed<T>(
+    collection: &str,
+    path: &str,
+    query: &ListQuery,
+    page: PageOf<T>,
+    id: fn(&T) -> &str,
+    view: fn(&T) -> Value,
+) -> Response {
     let limit = query.page.limit;
     let mut base = format!("{path}?limit={limit}");
     if let Some(m) = &query.marketplace {
@@ -111,7 +121,8 @@ fn listed<T>(collection: &str, path: &str, query: &ListQuery, page: PageOf<T>, i
     if let Some(b) = &query.page.before {
         href.push_str(&format!("&before={b}"));
     }
-    let meta = json!({ "limit": limit, "href": href, "first": base, "next": next, "previous": previous });
+    let meta =
+        json!({ "limit": limit, "href": href, "first": base, "next": next, "previous": previous });
     let items = page.items.iter().map(view).collect();
     axum::Json(views::envelope(collection, items, Some(meta))).into_response()
 }

@@ -13,7 +13,10 @@ use crate::domain::input::{CreateMarketplace, ProcessorOutcome};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/marketplaces", get(list_marketplaces).post(create_marketplace))
+        .route(
+            "/marketplaces",
+            get(list_marketplaces).post(create_marketplace),
+        )
         .route("/processor/transactions/{id}", put(record_outcome))
 }
 
@@ -34,7 +37,10 @@ async fn create_marketplace(
     }]})))
 }
 
-async fn list_marketplaces(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+async fn list_marketplaces(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     caller.require_operator()?;
     let items: Vec<_> = state
         .db

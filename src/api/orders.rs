@@ -19,7 +19,12 @@ pub fn routes() -> Router<AppState> {
         .route("/orders/{id}", get(show).put(update))
 }
 
-async fn create(state: State<AppState>, caller: Caller, headers: HeaderMap, body: Json<CreateOrder>) -> Result<Response, ApiError> {
+async fn create(
+    state: State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Json<CreateOrder>,
+) -> Result<Response, ApiError> {
     create_order(state, caller, headers, None, "/orders", body).await
 }
 
@@ -48,19 +53,40 @@ async fn create_order(
     let marketplace = caller.marketplace()?;
     let key = idempotency_key(&headers, "POST", path, &raw)?;
     let new = value.validate(merchant.as_deref())?;
-    let body = state.db.create_order(marketplace, new, key.as_ref()).await?;
+    let body = state
+        .db
+        .create_order(marketplace, new, key.as_ref())
+        .await?;
     Ok(created(body))
 }
 
-async fn list(State(state): State<AppState>, caller: Caller, query: ListQuery) -> Result<Response, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: ListQuery,
+) -> Result<Response, ApiError> {
     let scope = caller.scope(query.marketplace.as_deref());
     let page = state.db.orders(&scope, &query.page).await?;
-    Ok(listed("orders", "/orders", &query, page, |o| &o.id, views::order))
+    Ok(listed(
+        "orders",
+        "/orders",
+        &query,
+        page,
+        |o| &o.id,
+        views::order,
+    ))
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let order = state.db.order(&caller.scope(None), &id).await?;
-    Ok(versioned(views::envelope("orders", vec![views::order(&order)], None), order.version))
+    Ok(versioned(
+        views::envelope("orders", vec![views::order(&order)], None),
+        order.version,
+    ))
 }
 
 async fn update(

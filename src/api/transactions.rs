@@ -21,11 +21,13 @@ pub fn routes() -> Router<AppState> {
         router = router
             .route(
                 &format!("/{c}"),
-                get(move |s, caller, q| list(s, caller, q, kind, None)).post(move |s, caller, h, body| create(s, caller, h, body, kind, None)),
+                get(move |s, caller, q| list(s, caller, q, kind, None))
+                    .post(move |s, caller, h, body| create(s, caller, h, body, kind, None)),
             )
             .route(
                 &format!("/{c}/{{id}}"),
-                get(move |s, caller, id| show(s, caller, id, kind)).put(move |s, caller, id, h, body| update(s, caller, id, h, body, kind)),
+                get(move |s, caller, id| show(s, caller, id, kind))
+                    .put(move |s, caller, id, h, body| update(s, caller, id, h, body, kind)),
             );
     }
     // Collections under a parent: a debit's refunds, a credit's reversals, an order's
@@ -33,17 +35,31 @@ pub fn routes() -> Router<AppState> {
     for (parent, kind) in [(Kind::Debit, Kind::Refund), (Kind::Credit, Kind::Reversal)] {
         router = router.route(
             &format!("/{}/{{id}}/{}", parent.collection(), kind.collection()),
-            get(move |s, caller, Path(id): Path<String>, q| list(s, caller, q, kind, Some((ParentOf::Transaction(parent), id))))
-                .post(move |s, caller, Path(id): Path<String>, h, body| create(s, caller, h, body, kind, Some(id))),
+            get(move |s, caller, Path(id): Path<String>, q| {
+                list(
+                    s,
+                    caller,
+                    q,
+                    kind,
+                    Some((ParentOf::Transaction(parent), id)),
+                )
+            })
+            .post(move |s, caller, Path(id): Path<String>, h, body| {
+                create(s, caller, h, body, kind, Some(id))
+            }),
         );
     }
     for kind in Kind::ALL {
         let path = format!("/orders/{{id}}/{}", kind.collection());
-        let list_route = get(move |s, caller, Path(id): Path<String>, q| list(s, caller, q, kind, Some((ParentOf::Order, id))));
+        let list_route = get(move |s, caller, Path(id): Path<String>, q| {
+            list(s, caller, q, kind, Some((ParentOf::Order, id)))
+        });
         router = match kind {
             Kind::Debit | Kind::Credit => router.route(
                 &path,
-                list_route.post(move |s, caller, Path(id): Path<String>, h, body| create(s, caller, h, body, kind, Some(id))),
+                list_route.post(move |s, caller, Path(id): Path<String>, h, body| {
+                    create(s, caller, h, body, kind, Some(id))
+                }),
             ),
             Kind::Refund | Kind::Reversal => router.route(&path, list_route),
         };
@@ -71,7 +87,11 @@ async fn create(
     let path = match (&parent, kind) {
         (None, _) => format!("/{}", kind.collection()),
         (Some(id), Kind::Debit | Kind::Credit) => format!("/orders/{id}/{}", kind.collection()),
-        (Some(id), _) => format!("/{}/{id}/{}", kind.parent().map_or("", Kind::collection), kind.collection()),
+        (Some(id), _) => format!(
+            "/{}/{id}/{}",
+            kind.parent().map_or("", Kind::collection),
+            kind.collection()
+        ),
     };
     let key = idempotency_key(&headers, "POST", &path, &raw)?;
     let db = &state.db;
@@ -86,17 +106,22 @@ async fn create(
             } else {
                 decode::<CreateCredit>(value)?.validate(parent.as_deref())?
             };
-            db.create_transfer(marketplace, kind, new, key.as_ref()).await?
+            db.create_transfer(marketplace, kind, new, key.as_ref())
+                .await?
         }
         Kind::Refund | Kind::Reversal => {
             let parent_kind = kind.parent().expect("returns have parents");
-            let new = decode::<CreateReturn>(value)?.validate(parent_kind.as_str(), parent.as_deref())?;
+            let new =
+                decode::<CreateReturn>(value)?.validate(parent_kind.as_str(), parent.as_deref())?;
             let from_body = parent.is_none();
             match db.create_return(marketplace, kind, new, key.as_ref()).await {
                 // A parent named in the body that does not exist is a bad field, not a
                 // missing page.
                 Err(StoreError::NotFound { id, .. }) if from_body => {
-                    return Err(ApiError::field(parent_kind.as_str(), format!("{id} not found")));
+                    return Err(ApiError::field(
+                        parent_kind.as_str(),
+                        format!("{id} not found"),
+                    ));
                 }
                 other => other?,
             }
@@ -117,20 +142,44 @@ async fn list(
         None => (TxnFilter::All, format!("/{}", kind.collection())),
         Some((ParentOf::Order, id)) => {
             state.db.order(&scope, id).await?;
-            (TxnFilter::Order(id.clone()), format!("/orders/{id}/{}", kind.collection()))
+            (
+                TxnFilter::Order(id.clone()),
+                format!("/orders/{id}/{}", kind.collection()),
+            )
         }
         Some((ParentOf::Transaction(p), id)) => {
             state.db.transaction(&scope, *p, id).await?;
-            (TxnFilter::Parent(id.clone()), format!("/{}/{id}/{}", p.collection(), kind.collection()))
+            (
+                TxnFilter::Parent(id.clone()),
+                format!("/{}/{id}/{}", p.collection(), kind.collection()),
+            )
         }
     };
-    let page = state.db.transactions(&scope, kind, &filter, &query.page).await?;
-    Ok(listed(kind.collection(), &path, &query, page, |t| &t.id, views::transaction))
+    let page = state
+        .db
+        .transactions(&scope, kind, &filter, &query.page)
+        .await?;
+    Ok(listed(
+        kind.collection(),
+        &path,
+        &query,
+        page,
+        |t| &t.id,
+        views::transaction,
+    ))
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, kind: Kind) -> Result<Response, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    kind: Kind,
+) -> Result<Response, ApiError> {
     let row = state.db.transaction(&caller.scope(None), kind, &id).await?;
-    Ok(versioned(views::envelope(kind.collection(), vec![views::transaction(&row)], None), row.version))
+    Ok(versioned(
+        views::envelope(kind.collection(), vec![views::transaction(&row)], None),
+        row.version,
+    ))
 }
 
 async fn update(
@@ -143,7 +192,10 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let marketplace = caller.marketplace()?.to_owned();
     if value.delivery_address.is_some() {
-        return Err(ApiError::field("delivery_address", format!("is not a field of {}", kind.collection())));
+        return Err(ApiError::field(
+            "delivery_address",
+            format!("is not a field of {}", kind.collection()),
+        ));
     }
     let mut changes = value.validate()?;
     changes.version = changes.version.or(if_match(&headers)?);

@@ -13,7 +13,9 @@ use ulid::{Generator, Ulid};
 static GENERATOR: Mutex<Generator> = Mutex::new(Generator::new());
 
 fn next_ulid() -> Ulid {
-    let mut guard = GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut guard = GENERATOR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     guard
         .generate()
         // Only after 2^80 ids in one millisecond; a random one is still unique.

@@ -194,8 +194,14 @@ fn text(value: &str, field: &str, max: usize) -> Result<(), InputError> {
             format!("must be at most {max} characters"),
         ));
     }
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(InputError::new(field, "must not contain control characters"));
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(InputError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -225,7 +231,10 @@ pub fn meta(value: Option<Meta>) -> Result<Meta, InputError> {
     Ok(meta)
 }
 
-fn annotations(description_: Option<String>, meta_: Option<Meta>) -> Result<Annotations, InputError> {
+fn annotations(
+    description_: Option<String>,
+    meta_: Option<Meta>,
+) -> Result<Annotations, InputError> {
     Ok(Annotations {
         description: description(description_)?,
         meta: meta(meta_)?,
@@ -238,7 +247,12 @@ fn amount(value: i64, field: &str, code_too_large: &'static str) -> Result<Amoun
 
 /// A reference to one of our resources: its id, or an href whose last segment is its id
 /// (`/orders/OR...`). The id must have `prefix`.
-pub fn reference(value: &str, field: &str, prefix: &str, collection: &str) -> Result<String, InputError> {
+pub fn reference(
+    value: &str,
+    field: &str,
+    prefix: &str,
+    collection: &str,
+) -> Result<String, InputError> {
     let id = match value.rsplit_once('/') {
         None => value,
         Some((path, id)) if path == format!("/{collection}") => id,
@@ -263,7 +277,8 @@ fn statement(value: Option<String>) -> Result<Option<String>, InputError> {
     if let Some(s) = &value {
         let ok = !s.is_empty()
             && s.chars().count() <= MAX_STATEMENT
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || " .-".contains(c));
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || " .-".contains(c));
         if !ok {
             return Err(InputError::new(
                 "appears_on_statement_as",
@@ -288,13 +303,13 @@ fn address(value: Address) -> Result<serde_json::Value, InputError> {
             text(v, &format!("delivery_address.{name}"), MAX_NAME)?;
         }
     }
-    if let Some(code) = &value.country_code {
-        if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(InputError::new(
-                "delivery_address.country_code",
-                "must be two capital letters",
-            ));
-        }
+    if let Some(code) = &value.country_code
+        && (code.len() != 2 || !code.bytes().all(|b| b.is_ascii_uppercase()))
+    {
+        return Err(InputError::new(
+            "delivery_address.country_code",
+            "must be two capital letters",
+        ));
     }
     Ok(serde_json::json!({
         "line1": value.line1, "line2": value.line2, "city": value.city,
@@ -335,7 +350,11 @@ impl CreateDebit {
             )
         })?;
         Ok(NewTransfer {
-            amount: amount(required(self.amount, "amount")?, "amount", "amount-exceeds-limit")?,
+            amount: amount(
+                required(self.amount, "amount")?,
+                "amount",
+                "amount-exceeds-limit",
+            )?,
             instrument,
             order: order_ref(order_from_path, self.order)?,
             annotations: annotations(self.description, self.meta)?,
@@ -351,12 +370,18 @@ impl CreateCredit {
         let instrument = Instrument::parse(&destination).ok_or_else(|| {
             InputError::new(
                 "destination",
-                format!("\"{destination}\" is not a card (CC...) or bank account (BA...) id or href"),
+                format!(
+                    "\"{destination}\" is not a card (CC...) or bank account (BA...) id or href"
+                ),
             )
         })?;
         let order = order_ref(order_from_path, self.order)?;
         Ok(NewTransfer {
-            amount: amount(required(self.amount, "amount")?, "amount", "amount-exceeds-limit")?,
+            amount: amount(
+                required(self.amount, "amount")?,
+                "amount",
+                "amount-exceeds-limit",
+            )?,
             instrument,
             order: Some(required(order, "order")?),
             annotations: annotations(self.description, self.meta)?,
@@ -365,7 +390,10 @@ impl CreateCredit {
     }
 }
 
-fn order_ref(from_path: Option<&str>, from_body: Option<String>) -> Result<Option<String>, InputError> {
+fn order_ref(
+    from_path: Option<&str>,
+    from_body: Option<String>,
+) -> Result<Option<String>, InputError> {
     match (from_path, from_body) {
         (Some(path), _) => Ok(Some(path.to_owned())),
         (None, Some(body)) => reference(&body, "order", ids::ORDER, "orders").map(Some),
@@ -382,9 +410,21 @@ impl CreateReturn {
         parent_from_path: Option<&str>,
     ) -> Result<NewReturn, InputError> {
         let (prefix, collection, code, from_body, other) = if parent_field == "debit" {
-            ("WD", "debits", "invalid-amount", self.debit, self.credit.map(|_| "credit"))
+            (
+                "WD",
+                "debits",
+                "invalid-amount",
+                self.debit,
+                self.credit.map(|_| "credit"),
+            )
         } else {
-            ("CR", "credits", "invalid-reversal-amount", self.credit, self.debit.map(|_| "debit"))
+            (
+                "CR",
+                "credits",
+                "invalid-reversal-amount",
+                self.credit,
+                self.debit.map(|_| "debit"),
+            )
         };
         if let Some(other) = other {
             return Err(InputError::new(other, "is not a field of this resource"));
@@ -426,10 +466,10 @@ impl Update {
             Some(a) => Some(address(a.unwrap_or_default())?),
             None => None,
         };
-        if let Some(v) = self.version {
-            if v < 1 {
-                return Err(InputError::new("version", "must be at least 1"));
-            }
+        if let Some(v) = self.version
+            && v < 1
+        {
+            return Err(InputError::new("version", "must be at least 1"));
         }
         Ok(Changes {
             description,
@@ -506,8 +546,19 @@ mod tests {
 
     #[test]
     fn a_zero_refund_is_an_invalid_amount() {
-        let body = CreateReturn { amount: Some(0), debit: None, credit: None, description: None, meta: None };
-        let err = body.validate("debit", Some("WD0123456789abcdefAB")).unwrap_err();
-        assert_eq!((err.field.as_str(), err.category_code), ("amount", "invalid-amount"));
+        let body = CreateReturn {
+            amount: Some(0),
+            debit: None,
+            credit: None,
+            description: None,
+            meta: None,
+        };
+        let err = body
+            .validate("debit", Some("WD0123456789abcdefAB"))
+            .unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.category_code),
+            ("amount", "invalid-amount")
+        );
     }
 }

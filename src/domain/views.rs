@@ -125,7 +125,9 @@ pub fn transaction(row: &TxnRow) -> Value {
             "customer": null, "settlement": null,
         }),
         Kind::Refund => json!({ "debit": row.parent_id, "order": row.order_id, "dispute": null }),
-        Kind::Reversal => json!({ "credit": row.parent_id, "order": row.order_id, "settlement": null }),
+        Kind::Reversal => {
+            json!({ "credit": row.parent_id, "order": row.order_id, "settlement": null })
+        }
     };
     fields.insert("links".into(), links);
     v
@@ -211,6 +213,9 @@ mod tests {
 
     #[test]
     fn timestamps_are_utc_with_microseconds() {
-        assert_eq!(timestamp(1_418_762_696_396_221), "2014-12-16T20:44:56.396221Z");
+        assert_eq!(
+            timestamp(1_418_762_696_396_221),
+            "2014-12-16T20:44:56.396221Z"
+        );
     }
 }

@@ -76,16 +76,29 @@ impl Db {
         };
         let amount = new.amount.cents();
         if kind == Kind::Credit {
-            let order = order.as_ref().expect("credits are validated to have an order");
+            let order = order
+                .as_ref()
+                .expect("credits are validated to have an order");
             if !take_from_order(&mut tx, &order.id, 0, amount, now).await? {
-                let escrowed = order_by_id(&mut *tx, &Scope::All, &order.id).await?.amount_escrowed;
-                return Err(Refusal::InsufficientFunds { escrowed, amount, kind: "credit" }.into());
+                let escrowed = order_by_id(&mut *tx, &Scope::All, &order.id)
+                    .await?
+                    .amount_escrowed;
+                return Err(Refusal::InsufficientFunds {
+                    escrowed,
+                    amount,
+                    kind: "credit",
+                }
+                .into());
             }
         }
         let settled = new.instrument.settles_at_once();
         let statement = match new.appears_on_statement_as {
             Some(s) => s,
-            None => default_statement(&self.marketplace_name(&mut tx, marketplace).await?, kind, &new.instrument),
+            None => default_statement(
+                &self.marketplace_name(&mut tx, marketplace).await?,
+                kind,
+                &new.instrument,
+            ),
         };
         let row = NewRow {
             kind,
@@ -94,7 +107,11 @@ impl Db {
             parent_id: None,
             instrument: Some(new.instrument.id()),
             amount,
-            status: if settled { Status::Succeeded } else { Status::Pending },
+            status: if settled {
+                Status::Succeeded
+            } else {
+                Status::Pending
+            },
             statement: Some(&statement),
             description: new
                 .annotations
@@ -105,16 +122,17 @@ impl Db {
             now,
         };
         let id = insert_transaction(&mut tx, &row).await?;
-        if kind == Kind::Debit && settled {
-            if let Some(order) = &order {
-                add_to_order(&mut tx, &order.id, amount, amount, now).await?;
-            }
+        if kind == Kind::Debit
+            && settled
+            && let Some(order) = &order
+        {
+            add_to_order(&mut tx, &order.id, amount, amount, now).await?;
         }
         let body = announce_created(&mut tx, &id, kind, settled, now).await?;
-        if let Some(order) = &order {
-            if settled || kind == Kind::Credit {
-                announce_order(&mut tx, &order.id, "order.updated", now).await?;
-            }
+        if let Some(order) = &order
+            && (settled || kind == Kind::Credit)
+        {
+            announce_order(&mut tx, &order.id, "order.updated", now).await?;
         }
         self.commit_created(tx, marketplace, key, body).await
     }
@@ -135,13 +153,19 @@ impl Db {
         let now = now_micros();
         let scope = Scope::Marketplace(marketplace.to_owned());
         let (parent, amount) = reserve_return(&mut tx, &scope, kind, &new).await?;
-        if kind == Kind::Refund {
-            if let Some(order_id) = &parent.order_id {
-                if !take_from_order(&mut tx, order_id, amount, amount, now).await? {
-                    let escrowed = order_by_id(&mut *tx, &Scope::All, order_id).await?.amount_escrowed;
-                    return Err(Refusal::InsufficientFunds { escrowed, amount, kind: "refund" }.into());
-                }
+        if kind == Kind::Refund
+            && let Some(order_id) = &parent.order_id
+            && !take_from_order(&mut tx, order_id, amount, amount, now).await?
+        {
+            let escrowed = order_by_id(&mut *tx, &Scope::All, order_id)
+                .await?
+                .amount_escrowed;
+            return Err(Refusal::InsufficientFunds {
+                escrowed,
+                amount,
+                kind: "refund",
             }
+            .into());
         }
         let instrument = Instrument::from_stored(parent.instrument.clone().unwrap_or_default());
         let settled = instrument.settles_at_once();
@@ -152,23 +176,28 @@ impl Db {
             parent_id: Some(&parent.id),
             instrument: None,
             amount,
-            status: if settled { Status::Succeeded } else { Status::Pending },
+            status: if settled {
+                Status::Succeeded
+            } else {
+                Status::Pending
+            },
             statement: None,
             description: new.annotations.description.as_deref(),
             meta: &new.annotations.meta,
             now,
         };
         let id = insert_transaction(&mut tx, &row).await?;
-        if kind == Kind::Reversal && settled {
-            if let Some(order_id) = &parent.order_id {
-                add_to_order(&mut tx, order_id, 0, amount, now).await?;
-            }
+        if kind == Kind::Reversal
+            && settled
+            && let Some(order_id) = &parent.order_id
+        {
+            add_to_order(&mut tx, order_id, 0, amount, now).await?;
         }
         let body = announce_created(&mut tx, &id, kind, settled, now).await?;
-        if let Some(order_id) = &parent.order_id {
-            if kind == Kind::Refund || settled {
-                announce_order(&mut tx, order_id, "order.updated", now).await?;
-            }
+        if let Some(order_id) = &parent.order_id
+            && (kind == Kind::Refund || settled)
+        {
+            announce_order(&mut tx, order_id, "order.updated", now).await?;
         }
         self.commit_created(tx, marketplace, key, body).await
     }
@@ -176,7 +205,10 @@ impl Db {
     /// Records the processor's outcome for a transaction of any marketplace. Reporting the
     /// status a transaction already has changes nothing and answers with it as it is.
     pub async fn record_outcome(&self, id: &str, outcome: Outcome) -> Result<Value, StoreError> {
-        let not_found = || StoreError::NotFound { kind: "transaction", id: id.to_owned() };
+        let not_found = || StoreError::NotFound {
+            kind: "transaction",
+            id: id.to_owned(),
+        };
         let kind = Kind::of_id(id).ok_or_else(not_found)?;
         let mut tx = self.begin().await?;
         let now = now_micros();
@@ -184,7 +216,11 @@ impl Db {
         let current = loop {
             let current = txn_by_id(&mut *tx, &Scope::All, kind, id).await?;
             if current.status == outcome.status {
-                return Ok(views::envelope(kind.collection(), vec![views::transaction(&current)], None));
+                return Ok(views::envelope(
+                    kind.collection(),
+                    vec![views::transaction(&current)],
+                    None,
+                ));
             }
             if !current.status.can_become(outcome.status) {
                 return Err(Refusal::IllegalTransition {
@@ -212,12 +248,20 @@ impl Db {
             }
             rounds += 1;
             if rounds >= CAS_ROUNDS {
-                return Err(sqlx::Error::Protocol("transaction status kept changing".into()).into());
+                return Err(
+                    sqlx::Error::Protocol("transaction status kept changing".into()).into(),
+                );
             }
         };
         let order_changed = apply_outcome(&mut tx, &current, outcome.status, now).await?;
         let updated = txn_by_id(&mut *tx, &Scope::All, kind, id).await?;
-        let body = announce(&mut tx, &updated, &["updated", outcome.status.as_str()], now).await?;
+        let body = announce(
+            &mut tx,
+            &updated,
+            &["updated", outcome.status.as_str()],
+            now,
+        )
+        .await?;
         if let (true, Some(order_id)) = (order_changed, &current.order_id) {
             announce_order(&mut tx, order_id, "order.updated", now).await?;
         }
@@ -227,7 +271,12 @@ impl Db {
 
     /// `PUT` on an order: description, meta and delivery address. Returns the order and its
     /// new version.
-    pub async fn update_order(&self, scope: &Scope, id: &str, changes: Changes) -> Result<(Value, i64), StoreError> {
+    pub async fn update_order(
+        &self,
+        scope: &Scope,
+        id: &str,
+        changes: Changes,
+    ) -> Result<(Value, i64), StoreError> {
         let mut tx = self.begin().await?;
         let now = now_micros();
         let mut rounds = 0;
@@ -239,8 +288,17 @@ impl Db {
                  version = version + 1, updated_at = $4 WHERE id = $5 AND version = $6",
             )
             .bind(changes.description.clone().unwrap_or(current.description))
-            .bind(serde_json::to_string(changes.meta.as_ref().unwrap_or(&current.meta)).unwrap_or_default())
-            .bind(changes.delivery_address.as_ref().unwrap_or(&current.delivery_address).to_string())
+            .bind(
+                serde_json::to_string(changes.meta.as_ref().unwrap_or(&current.meta))
+                    .unwrap_or_default(),
+            )
+            .bind(
+                changes
+                    .delivery_address
+                    .as_ref()
+                    .unwrap_or(&current.delivery_address)
+                    .to_string(),
+            )
             .bind(now)
             .bind(id)
             .bind(current.version)
@@ -280,7 +338,10 @@ impl Db {
                  updated_at = $3 WHERE id = $4 AND version = $5",
             )
             .bind(changes.description.clone().unwrap_or(current.description))
-            .bind(serde_json::to_string(changes.meta.as_ref().unwrap_or(&current.meta)).unwrap_or_default())
+            .bind(
+                serde_json::to_string(changes.meta.as_ref().unwrap_or(&current.meta))
+                    .unwrap_or_default(),
+            )
             .bind(now)
             .bind(id)
             .bind(current.version)
@@ -313,14 +374,22 @@ fn check_version(changes: &Changes, current: i64) -> Result<(), StoreError> {
 /// missing page (404).
 async fn referenced_order(tx: &mut Tx, scope: &Scope, id: &str) -> Result<OrderRow, StoreError> {
     match order_by_id(&mut **tx, scope, id).await {
-        Err(StoreError::NotFound { .. }) => Err(StoreError::UnknownReference { field: "order", id: id.to_owned() }),
+        Err(StoreError::NotFound { .. }) => Err(StoreError::UnknownReference {
+            field: "order",
+            id: id.to_owned(),
+        }),
         other => other,
     }
 }
 
 /// Checks the money rules for a refund or reversal and reserves its amount on the parent
 /// with a compare-and-set, so concurrent returns can never sum past the parent.
-async fn reserve_return(tx: &mut Tx, scope: &Scope, kind: Kind, new: &NewReturn) -> Result<(TxnRow, i64), StoreError> {
+async fn reserve_return(
+    tx: &mut Tx,
+    scope: &Scope,
+    kind: Kind,
+    new: &NewReturn,
+) -> Result<(TxnRow, i64), StoreError> {
     let parent_kind = kind.parent().expect("returns have parents");
     for _ in 0..CAS_ROUNDS {
         let parent = txn_by_id(&mut **tx, scope, parent_kind, &new.parent).await?;
@@ -365,35 +434,54 @@ async fn reserve_return(tx: &mut Tx, scope: &Scope, kind: Kind, new: &NewReturn)
 }
 
 /// Moves escrow for a status change; returns whether the order changed.
-async fn apply_outcome(tx: &mut Tx, before: &TxnRow, to: Status, now: i64) -> Result<bool, StoreError> {
+async fn apply_outcome(
+    tx: &mut Tx,
+    before: &TxnRow,
+    to: Status,
+    now: i64,
+) -> Result<bool, StoreError> {
     let amount = before.amount;
     let parent = match &before.parent_id {
-        Some(p) => Some(txn_by_id(&mut **tx, &Scope::All, before.kind.parent().expect("has parent"), p).await?),
+        Some(p) => Some(
+            txn_by_id(
+                &mut **tx,
+                &Scope::All,
+                before.kind.parent().expect("has parent"),
+                p,
+            )
+            .await?,
+        ),
         None => None,
     };
     // Once a debit or credit has failed, its whole remaining amount went back, so the
     // later fate of its refunds or reversals no longer moves escrow.
     let parent_live = parent.as_ref().is_none_or(|p| p.status != Status::Failed);
-    if to == Status::Failed {
-        if let Some(p) = &parent {
-            sqlx::query("UPDATE transactions SET amount_returned = amount_returned - $1 WHERE id = $2")
-                .bind(amount)
-                .bind(&p.id)
-                .execute(&mut **tx)
-                .await?;
-        }
+    if to == Status::Failed
+        && let Some(p) = &parent
+    {
+        sqlx::query("UPDATE transactions SET amount_returned = amount_returned - $1 WHERE id = $2")
+            .bind(amount)
+            .bind(&p.id)
+            .execute(&mut **tx)
+            .await?;
     }
-    let Some(order_id) = before.order_id.as_deref() else { return Ok(false) };
+    let Some(order_id) = before.order_id.as_deref() else {
+        return Ok(false);
+    };
     match (before.kind, before.status, to) {
-        (Kind::Debit, Status::Pending, Status::Succeeded) => add_to_order(tx, order_id, amount, amount, now).await?,
+        (Kind::Debit, Status::Pending, Status::Succeeded) => {
+            add_to_order(tx, order_id, amount, amount, now).await?
+        }
         (Kind::Debit, Status::Succeeded, Status::Failed) => {
             let net = amount - before.amount_returned;
             claw_back(tx, order_id, net, net, now).await?
         }
-        (Kind::Refund, _, Status::Failed) if parent_live => add_to_order(tx, order_id, amount, amount, now).await?,
+        (Kind::Refund, _, Status::Failed) if parent_live => {
+            add_to_order(tx, order_id, amount, amount, now).await?
+        }
         (Kind::Credit, _, Status::Failed) => {
             let row = sqlx::query(
-                "SELECT COALESCE(SUM(amount), 0) AS back FROM transactions WHERE parent_id = $1 AND status = 'succeeded'",
+                "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS back FROM transactions WHERE parent_id = $1 AND status = 'succeeded'",
             )
             .bind(&before.id)
             .fetch_one(&mut **tx)
@@ -413,7 +501,13 @@ async fn apply_outcome(tx: &mut Tx, before: &TxnRow, to: Status, now: i64) -> Re
 }
 
 /// Raises an order's amount and escrow.
-async fn add_to_order(tx: &mut Tx, order_id: &str, amount: i64, escrow: i64, now: i64) -> Result<(), StoreError> {
+async fn add_to_order(
+    tx: &mut Tx,
+    order_id: &str,
+    amount: i64,
+    escrow: i64,
+    now: i64,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE orders SET amount = amount + $1, amount_escrowed = amount_escrowed + $2, \
          version = version + 1, updated_at = $3 WHERE id = $4",
@@ -429,7 +523,13 @@ async fn add_to_order(tx: &mut Tx, order_id: &str, amount: i64, escrow: i64, now
 
 /// Lowers an order's amount and escrow if escrow holds enough; false (and nothing
 /// changed) if it does not.
-async fn take_from_order(tx: &mut Tx, order_id: &str, amount: i64, escrow: i64, now: i64) -> Result<bool, StoreError> {
+async fn take_from_order(
+    tx: &mut Tx,
+    order_id: &str,
+    amount: i64,
+    escrow: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
     let taken = sqlx::query(
         "UPDATE orders SET amount = amount - $1, amount_escrowed = amount_escrowed - $2, \
          version = version + 1, updated_at = $3 WHERE id = $4 AND amount_escrowed >= $2",
@@ -446,7 +546,13 @@ async fn take_from_order(tx: &mut Tx, order_id: &str, amount: i64, escrow: i64, 
 
 /// A late failure takes money back out of an order: escrow floors at zero, and what it
 /// could not cover is added to `escrow_shortfall` so it is never silently lost.
-async fn claw_back(tx: &mut Tx, order_id: &str, amount: i64, escrow: i64, now: i64) -> Result<(), StoreError> {
+async fn claw_back(
+    tx: &mut Tx,
+    order_id: &str,
+    amount: i64,
+    escrow: i64,
+    now: i64,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE orders SET amount = amount - $1, \
          amount_escrowed = CASE WHEN amount_escrowed >= $2 THEN amount_escrowed - $2 ELSE 0 END, \
@@ -465,7 +571,11 @@ async fn claw_back(tx: &mut Tx, order_id: &str, amount: i64, escrow: i64, now: i
         .await?;
     let shortfall: i64 = row.try_get("escrow_shortfall")?;
     if shortfall > 0 {
-        tracing::warn!(order = order_id, shortfall, "a late failure left the order's escrow short");
+        tracing::warn!(
+            order = order_id,
+            shortfall,
+            "a late failure left the order's escrow short"
+        );
     }
     Ok(())
 }
@@ -511,15 +621,30 @@ async fn insert_transaction(tx: &mut Tx, row: &NewRow<'_>) -> Result<String, Sto
 
 /// `<kind>.created`, and for one that settled at once `<kind>.updated` and
 /// `<kind>.succeeded` too (as Balanced sent for card debits). Returns the resource.
-async fn announce_created(tx: &mut Tx, id: &str, kind: Kind, settled: bool, now: i64) -> Result<Value, StoreError> {
+async fn announce_created(
+    tx: &mut Tx,
+    id: &str,
+    kind: Kind,
+    settled: bool,
+    now: i64,
+) -> Result<Value, StoreError> {
     let row = txn_by_id(&mut **tx, &Scope::All, kind, id).await?;
-    let types: &[&str] = if settled { &["created", "updated", "succeeded"] } else { &["created"] };
+    let types: &[&str] = if settled {
+        &["created", "updated", "succeeded"]
+    } else {
+        &["created"]
+    };
     announce(tx, &row, types, now).await
 }
 
 /// Writes `<kind>.<suffix>` events for a transaction, all with one `occurred_at`, and
 /// returns the resource in envelope form.
-async fn announce(tx: &mut Tx, row: &TxnRow, suffixes: &[&str], now: i64) -> Result<Value, StoreError> {
+async fn announce(
+    tx: &mut Tx,
+    row: &TxnRow,
+    suffixes: &[&str],
+    now: i64,
+) -> Result<Value, StoreError> {
     let body = views::envelope(row.kind.collection(), vec![views::transaction(row)], None);
     for suffix in suffixes {
         let event_type = format!("{}.{suffix}", row.kind.as_str());
@@ -539,7 +664,12 @@ async fn announce(tx: &mut Tx, row: &TxnRow, suffixes: &[&str], now: i64) -> Res
 }
 
 /// Writes an `order.*` event with the order as it now stands, and returns it.
-async fn announce_order(tx: &mut Tx, id: &str, event_type: &str, now: i64) -> Result<Value, StoreError> {
+async fn announce_order(
+    tx: &mut Tx,
+    id: &str,
+    event_type: &str,
+    now: i64,
+) -> Result<Value, StoreError> {
     let order = order_by_id(&mut **tx, &Scope::All, id).await?;
     let body = views::envelope("orders", vec![views::order(&order)], None);
     outbox::append(
@@ -564,7 +694,11 @@ fn default_statement(marketplace_name: &str, kind: Kind, instrument: &Instrument
         .filter(|c| c.is_ascii_alphanumeric() || " .-".contains(*c))
         .take(crate::domain::input::MAX_STATEMENT)
         .collect();
-    let clean = if clean.trim().is_empty() { "hookline".to_owned() } else { clean };
+    let clean = if clean.trim().is_empty() {
+        "hookline".to_owned()
+    } else {
+        clean
+    };
     if kind == Kind::Debit && instrument.settles_at_once() {
         format!("BAL*{clean}")
     } else {

@@ -28,28 +28,45 @@ fn new_secret() -> String {
 impl Db {
     /// Creates a marketplace and returns it with its API secret, which is not stored and
     /// cannot be shown again.
-    pub async fn create_marketplace(&self, name: &str) -> Result<(Marketplace, String), StoreError> {
+    pub async fn create_marketplace(
+        &self,
+        name: &str,
+    ) -> Result<(Marketplace, String), StoreError> {
         let id = ids::new_id(ids::MARKETPLACE);
         let secret = new_secret();
-        sqlx::query("INSERT INTO marketplaces (id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(&id)
-            .bind(name)
-            .bind(hash_secret(&secret))
-            .bind(now_micros())
-            .execute(self.writer())
-            .await?;
-        Ok((Marketplace { id, name: name.to_owned() }, secret))
+        sqlx::query(
+            "INSERT INTO marketplaces (id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(hash_secret(&secret))
+        .bind(now_micros())
+        .execute(self.writer())
+        .await?;
+        Ok((
+            Marketplace {
+                id,
+                name: name.to_owned(),
+            },
+            secret,
+        ))
     }
 
     /// The marketplace whose secret this is, if any.
-    pub async fn marketplace_by_secret(&self, secret: &str) -> Result<Option<Marketplace>, StoreError> {
+    pub async fn marketplace_by_secret(
+        &self,
+        secret: &str,
+    ) -> Result<Option<Marketplace>, StoreError> {
         let row = sqlx::query("SELECT id, name FROM marketplaces WHERE secret_hash = $1")
             .bind(hash_secret(secret))
             .fetch_optional(self.reader())
             .await?;
         Ok(row
             .map(|r| -> Result<Marketplace, sqlx::Error> {
-                Ok(Marketplace { id: r.try_get("id")?, name: r.try_get("name")? })
+                Ok(Marketplace {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                })
             })
             .transpose()?)
     }
@@ -60,11 +77,20 @@ impl Db {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| Ok(Marketplace { id: r.try_get("id")?, name: r.try_get("name")? }))
+            .map(|r| {
+                Ok(Marketplace {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                })
+            })
             .collect::<Result<_, sqlx::Error>>()?)
     }
 
-    pub(super) async fn marketplace_name(&self, tx: &mut super::Tx, id: &str) -> Result<String, StoreError> {
+    pub(super) async fn marketplace_name(
+        &self,
+        tx: &mut super::Tx,
+        id: &str,
+    ) -> Result<String, StoreError> {
         let row = sqlx::query("SELECT name FROM marketplaces WHERE id = $1")
             .bind(id)
             .fetch_one(&mut **tx)

@@ -72,9 +72,17 @@ pub enum Refusal {
     #[error("Credit has already been fully reversed.")]
     CreditAlreadyReversed,
     #[error("Order escrow balance ({escrowed}) is insufficient for this {kind} of {amount}.")]
-    InsufficientFunds { escrowed: i64, amount: i64, kind: &'static str },
+    InsufficientFunds {
+        escrowed: i64,
+        amount: i64,
+        kind: &'static str,
+    },
     #[error("A {kind} cannot go from {from} to {to}.")]
-    IllegalTransition { kind: &'static str, from: Status, to: Status },
+    IllegalTransition {
+        kind: &'static str,
+        from: Status,
+        to: Status,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +151,9 @@ impl Db {
         } else {
             let url = sqlite_url(url);
             let write = sqlite_pool(1).connect(&url).await?;
-            let read = sqlite_pool(options.sqlite_readers.max(1)).connect(&url).await?;
+            let read = sqlite_pool(options.sqlite_readers.max(1))
+                .connect(&url)
+                .await?;
             Db {
                 write,
                 read,
@@ -157,7 +167,11 @@ impl Db {
     async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.write).await?,
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&self.write).await?,
+            Backend::Postgres => {
+                sqlx::migrate!("migrations/postgres")
+                    .run(&self.write)
+                    .await?
+            }
         }
         Ok(())
     }

@@ -51,7 +51,10 @@ pub(super) async fn order_by_id<'c, E: Executor<'c, Database = Any>>(
     .await?;
     match row {
         Some(row) => Ok(rows::order(&row)?),
-        None => Err(StoreError::NotFound { kind: "order", id: id.to_owned() }),
+        None => Err(StoreError::NotFound {
+            kind: "order",
+            id: id.to_owned(),
+        }),
     }
 }
 
@@ -73,7 +76,10 @@ pub(super) async fn txn_by_id<'c, E: Executor<'c, Database = Any>>(
     .await?;
     match row {
         Some(row) => Ok(rows::transaction(&row)?),
-        None => Err(StoreError::NotFound { kind: kind.as_str(), id: id.to_owned() }),
+        None => Err(StoreError::NotFound {
+            kind: kind.as_str(),
+            id: id.to_owned(),
+        }),
     }
 }
 
@@ -82,11 +88,20 @@ impl Db {
         order_by_id(self.reader(), scope, id).await
     }
 
-    pub async fn transaction(&self, scope: &Scope, kind: Kind, id: &str) -> Result<TxnRow, StoreError> {
+    pub async fn transaction(
+        &self,
+        scope: &Scope,
+        kind: Kind,
+        id: &str,
+    ) -> Result<TxnRow, StoreError> {
         txn_by_id(self.reader(), scope, kind, id).await
     }
 
-    pub async fn event(&self, scope: &Scope, id: &str) -> Result<(EventRow, CallbackStatuses), StoreError> {
+    pub async fn event(
+        &self,
+        scope: &Scope,
+        id: &str,
+    ) -> Result<(EventRow, CallbackStatuses), StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
             event_columns!(),
@@ -98,15 +113,23 @@ impl Db {
         .await?;
         match row {
             Some(row) => Ok((rows::event(&row)?, CallbackStatuses::default())),
-            None => Err(StoreError::NotFound { kind: "event", id: id.to_owned() }),
+            None => Err(StoreError::NotFound {
+                kind: "event",
+                id: id.to_owned(),
+            }),
         }
     }
 
     pub async fn orders(&self, scope: &Scope, page: &Page) -> Result<PageOf<OrderRow>, StoreError> {
         let mut filters = Vec::new();
         scope_filter(scope, &mut filters);
-        self.list(concat!("SELECT ", order_columns!(), " FROM orders"), filters, page, rows::order)
-            .await
+        self.list(
+            concat!("SELECT ", order_columns!(), " FROM orders"),
+            filters,
+            page,
+            rows::order,
+        )
+        .await
     }
 
     pub async fn transactions(
@@ -145,7 +168,12 @@ impl Db {
             filters.push(("entity_id", id.to_owned()));
         }
         let page = self
-            .list(concat!("SELECT ", event_columns!(), " FROM events"), filters, page, rows::event)
+            .list(
+                concat!("SELECT ", event_columns!(), " FROM events"),
+                filters,
+                page,
+                rows::event,
+            )
             .await?;
         Ok(PageOf {
             items: page

@@ -1,8 +1,5 @@
 //! The test harness: `TestApp` starts the real API on port 0 with a fresh database.
 
-use std::io::Write;
-use std::sync::Once;
-
 use hookline::api::{self, ApiConfig};
 use hookline::store::{Backend, Db, DbOptions};
 use reqwest::{Method, StatusCode};
@@ -26,9 +23,12 @@ macro_rules! on_both_backends {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(
+                    not(hookline_postgres),
+                    ignore = "PostgreSQL half skipped: set HOOKLINE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it"
+                )]
                 async fn $name() {
-                    let Some(app) = crate::common::TestApp::postgres().await else { return };
-                    super::$name(app).await
+                    super::$name(crate::common::TestApp::postgres().await).await
                 }
             )*
         }
@@ -53,19 +53,10 @@ impl TestApp {
         Self::start(path.to_str().expect("utf-8 path"), Some(dir)).await
     }
 
-    /// `None`, after saying so once on the terminal, when no PostgreSQL is configured.
-    pub async fn postgres() -> Option<TestApp> {
-        let Ok(url) = std::env::var(POSTGRES_ENV) else {
-            static SAID: Once = Once::new();
-            SAID.call_once(|| {
-                // Straight to the terminal: the test harness captures `eprintln!`.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "\n*** PostgreSQL half SKIPPED: set {POSTGRES_ENV}=postgres://postgres@127.0.0.1:5432/test to run it ***\n"
-                );
-            });
-            return None;
-        };
+    /// A fresh schema in the database `HOOKLINE_TEST_DATABASE_URL` names.
+    pub async fn postgres() -> TestApp {
+        let url = std::env::var(POSTGRES_ENV)
+            .expect("HOOKLINE_TEST_DATABASE_URL was set when the tests were built; set it again to run them");
         // A schema of its own per test, so tests run in parallel on one database.
         let schema = format!("t_{}", ulid::Ulid::new().to_string().to_lowercase());
         let admin = sqlx::postgres::PgPoolOptions::new()
@@ -80,15 +71,28 @@ impl TestApp {
         admin.close().await;
         let sep = if url.contains('?') { '&' } else { '?' };
         let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
-        Some(Self::start(&url, None).await)
+        Self::start(&url, None).await
     }
 
     async fn start(url: &str, dir: Option<tempfile::TempDir>) -> TestApp {
-        let options = DbOptions { max_connections: 8, ..DbOptions::default() };
-        let db = Db::connect(url, &options).await.expect("connect and migrate");
-        let (marketplace, secret) = db.create_marketplace("test market").await.expect("a marketplace");
-        let config = ApiConfig { operator_token: Some(OPERATOR.into()), max_body_bytes: 64 * 1024 };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let options = DbOptions {
+            max_connections: 8,
+            ..DbOptions::default()
+        };
+        let db = Db::connect(url, &options)
+            .await
+            .expect("connect and migrate");
+        let (marketplace, secret) = db
+            .create_marketplace("test market")
+            .await
+            .expect("a marketplace");
+        let config = ApiConfig {
+            operator_token: Some(OPERATOR.into()),
+            max_body_bytes: 64 * 1024,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("local address"));
         let router = api::router(db.clone(), config);
         tokio::spawn(async move { axum::serve(listener, router).await });
@@ -134,44 +138,75 @@ impl TestApp {
 
     /// Reports a processor outcome as the operator.
     pub async fn settle(&self, id: &str, body: Value) -> (StatusCode, Value) {
-        send(self.operator(Method::PUT, &format!("/processor/transactions/{id}")).json(&body)).await
+        send(
+            self.operator(Method::PUT, &format!("/processor/transactions/{id}"))
+                .json(&body),
+        )
+        .await
     }
 
     /// Creates a second marketplace; returns its id and secret.
     pub async fn other_marketplace(&self) -> (String, String) {
-        let (m, secret) = self.db.create_marketplace("other market").await.expect("a marketplace");
+        let (m, secret) = self
+            .db
+            .create_marketplace("other market")
+            .await
+            .expect("a marketplace");
         (m.id, secret)
     }
 
     pub async fn order(&self) -> String {
-        let (status, body) = self.post("/orders", serde_json::json!({ "merchant": MERCHANT, "description": "order" })).await;
+        let (status, body) = self
+            .post(
+                "/orders",
+                serde_json::json!({ "merchant": MERCHANT, "description": "order" }),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["orders"][0]["id"].as_str().expect("order id").to_owned()
+        body["orders"][0]["id"]
+            .as_str()
+            .expect("order id")
+            .to_owned()
     }
 
     /// A debit of `amount` on `order` from `source`; returns its id.
     pub async fn debit(&self, order: &str, source: &str, amount: i64) -> String {
         let (status, body) = self
-            .post(&format!("/orders/{order}/debits"), serde_json::json!({ "source": source, "amount": amount }))
+            .post(
+                &format!("/orders/{order}/debits"),
+                serde_json::json!({ "source": source, "amount": amount }),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["debits"][0]["id"].as_str().expect("debit id").to_owned()
+        body["debits"][0]["id"]
+            .as_str()
+            .expect("debit id")
+            .to_owned()
     }
 
     /// A credit of `amount` out of `order` to `destination`; returns its id.
     pub async fn credit(&self, order: &str, destination: &str, amount: i64) -> String {
         let (status, body) = self
-            .post(&format!("/orders/{order}/credits"), serde_json::json!({ "destination": destination, "amount": amount }))
+            .post(
+                &format!("/orders/{order}/credits"),
+                serde_json::json!({ "destination": destination, "amount": amount }),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["credits"][0]["id"].as_str().expect("credit id").to_owned()
+        body["credits"][0]["id"]
+            .as_str()
+            .expect("credit id")
+            .to_owned()
     }
 
     /// The order's `(amount, amount_escrowed)`.
     pub async fn escrow(&self, order: &str) -> (i64, i64) {
         let (_, body) = self.get(&format!("/orders/{order}")).await;
         let o = &body["orders"][0];
-        (o["amount"].as_i64().expect("amount"), o["amount_escrowed"].as_i64().expect("escrow"))
+        (
+            o["amount"].as_i64().expect("amount"),
+            o["amount_escrowed"].as_i64().expect("escrow"),
+        )
     }
 
     /// The types of the events of one resource, oldest first.
@@ -197,7 +232,11 @@ pub async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     let response = request.send().await.expect("the request reaches the app");
     let status = response.status();
     let text = response.text().await.expect("a body");
-    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("a JSON body") };
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).expect("a JSON body")
+    };
     (status, body)
 }
 
