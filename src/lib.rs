@@ -18,6 +18,8 @@
 
 pub mod api;
 pub mod config;
+pub mod dispatch;
 pub mod domain;
 pub mod server;
+pub mod signing;
 pub mod store;

@@ -1,16 +1,23 @@
 //! The `hookline` binary: parse the configuration, start logging, run a subcommand.
 
+use std::io::Read;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use hookline::api::ApiConfig;
-use hookline::config::{Cli, Command, Config, LogFormat};
+use hookline::config::{Cli, Command, Config, LogFormat, ServeArgs, VerifyArgs};
+use hookline::dispatch::Dispatcher;
 use hookline::server;
+use hookline::signing;
 use hookline::store::{Db, DbOptions};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Verify(args) = &cli.command {
+        return verify(args);
+    }
     init_logging(cli.config.log_format);
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -33,17 +40,33 @@ fn init_logging(format: LogFormat) {
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let db = connect(&cli.config).await?;
     match cli.command {
-        Command::Serve(args) | Command::Api(args) => {
-            announce_first_start(&db, &args.listen.to_string()).await?;
-            let config = ApiConfig {
-                operator_token: cli.config.operator_token.clone(),
-                max_body_bytes: args.max_body_bytes,
-            };
-            server::serve_api(db.clone(), config, args.listen).await?;
+        Command::Serve { api, dispatch } => {
+            announce_first_start(&db, &api.listen.to_string()).await?;
+            let dispatcher = Dispatcher::new(db.clone(), dispatch.config());
+            let dispatching = tokio::spawn(async move { hookline::dispatch::run_until_signal(dispatcher).await });
+            server::serve_api(db.clone(), api_config(&cli.config, &api), api.listen).await?;
+            dispatching.await??;
         }
+        Command::Api(api) => {
+            announce_first_start(&db, &api.listen.to_string()).await?;
+            server::serve_api(db.clone(), api_config(&cli.config, &api), api.listen).await?;
+        }
+        Command::Dispatch(dispatch) => {
+            hookline::dispatch::run_until_signal(Dispatcher::new(db.clone(), dispatch.config())).await?;
+        }
+        Command::Verify(_) => unreachable!("handled before start-up"),
     }
     db.close().await;
     Ok(())
+}
+
+fn api_config(config: &Config, args: &ServeArgs) -> ApiConfig {
+    ApiConfig {
+        operator_token: config.operator_token.clone(),
+        max_body_bytes: args.max_body_bytes,
+        require_https: args.require_https,
+        rotation_grace: std::time::Duration::from_secs(args.rotation_grace_secs),
+    }
 }
 
 async fn connect(config: &Config) -> Result<Db, Box<dyn std::error::Error>> {
@@ -67,4 +90,31 @@ async fn announce_first_start(db: &Db, listen: &str) -> Result<(), Box<dyn std::
         );
     }
     Ok(())
+}
+
+/// `hookline verify`: exit 0 for a valid delivery, 1 (with the reason) for an invalid one.
+fn verify(args: &VerifyArgs) -> std::process::ExitCode {
+    let mut body = Vec::new();
+    let read = match &args.body_file {
+        Some(path) => std::fs::read(path).map(|b| body = b),
+        None => std::io::stdin().read_to_end(&mut body).map(|_| ()),
+    };
+    if let Err(e) = read {
+        eprintln!("hookline verify: cannot read the body: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    let now = match args.timestamp.trim().parse::<i64>() {
+        Ok(ts) if args.ignore_time => ts,
+        _ => chrono::Utc::now().timestamp(),
+    };
+    match signing::verify(&args.secret, &args.id, &args.timestamp, &args.signature, &body, now) {
+        Ok(()) => {
+            println!("valid");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("invalid: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -138,6 +138,15 @@ impl From<StoreError> for ApiError {
                 err.extras.insert("version".into(), json!(current));
                 err
             }
+            StoreError::DuplicateCallback { url, method } => {
+                let mut err = Self::new(
+                    StatusCode::CONFLICT,
+                    "duplicate-webhook-url",
+                    format!("A callback to {method} {url} is already registered."),
+                );
+                err.extras.insert("url".into(), json!(url));
+                err
+            }
             StoreError::IdempotencyMismatch(key) => {
                 let mut err = Self::new(
                     StatusCode::UNPROCESSABLE_ENTITY,

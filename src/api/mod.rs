@@ -1,5 +1,6 @@
 //! The HTTP API: Balanced 1.1 paths and envelopes, one router per resource.
 
+mod callbacks;
 pub mod error;
 mod events;
 mod extract;
@@ -23,12 +24,27 @@ use error::{ApiError, REQUEST_ID};
 use extract::ListQuery;
 
 /// What the API needs beyond the database.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
     /// The operator credential; `None` turns the operator-only endpoints off.
     pub operator_token: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Refuse plain http callback URLs.
+    pub require_https: bool,
+    /// How long a rotated-out secret keeps signing.
+    pub rotation_grace: std::time::Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            operator_token: None,
+            max_body_bytes: 256 * 1024,
+            require_https: false,
+            rotation_grace: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -44,6 +60,7 @@ pub fn router(db: Db, config: ApiConfig) -> Router {
         config: Arc::new(config),
     };
     Router::new()
+        .merge(callbacks::routes())
         .merge(orders::routes())
         .merge(transactions::routes())
         .merge(events::routes())

@@ -57,6 +57,21 @@ pub struct EventRow {
     pub entity: String,
 }
 
+/// A callback as stored (its secrets are not part of it: they are shown only once).
+#[derive(Debug, Clone)]
+pub struct CallbackRow {
+    pub id: String,
+    pub marketplace_id: String,
+    pub url: String,
+    pub method: String,
+    pub revision: String,
+    pub event_types: Vec<String>,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
 /// How many of an event's deliveries are in each state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallbackStatuses {
@@ -185,6 +200,27 @@ pub fn envelope(collection: &str, items: Vec<Value>, meta: Option<Value>) -> Val
     let mut v = json!({ collection: items, "links": collection_links(collection) });
     if let Some(meta) = meta {
         v["meta"] = meta;
+    }
+    v
+}
+
+/// A callback; `secret` only in the answers to creation and rotation.
+pub fn callback(row: &CallbackRow, secret: Option<&str>) -> Value {
+    let mut v = json!({
+        "id": row.id,
+        "href": format!("/callbacks/{}", row.id),
+        "url": row.url,
+        "method": row.method,
+        "revision": row.revision,
+        "links": {},
+        "event_types": row.event_types,
+        "enabled": row.enabled,
+        "disabled_reason": row.disabled_reason,
+        "created_at": timestamp(row.created_at),
+        "updated_at": timestamp(row.updated_at),
+    });
+    if let Some(secret) = secret {
+        v["secret"] = json!(secret);
     }
     v
 }

@@ -92,7 +92,7 @@ impl Db {
                 Err(e) => return Err(e.into()),
             }
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(body)
     }
 }

@@ -265,7 +265,7 @@ impl Db {
         if let (true, Some(order_id)) = (order_changed, &current.order_id) {
             announce_order(&mut tx, order_id, "order.updated", now).await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(body)
     }
 
@@ -315,7 +315,7 @@ impl Db {
         }
         let body = announce_order(&mut tx, id, "order.updated", now).await?;
         let version = order_by_id(&mut *tx, &Scope::All, id).await?.version;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok((body, version))
     }
 
@@ -358,7 +358,7 @@ impl Db {
         }
         let updated = txn_by_id(&mut *tx, &Scope::All, kind, id).await?;
         let body = announce(&mut tx, &updated, &["updated"], now).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok((body, updated.version))
     }
 }

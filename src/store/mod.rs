@@ -10,6 +10,8 @@
 //! statements (compare-and-set), which re-check their condition on the newest committed
 //! row. On SQLite all writes go through one connection, so they are serial.
 
+mod callbacks;
+pub mod deliveries;
 mod idempotency;
 mod ledger;
 mod marketplaces;
@@ -18,10 +20,12 @@ mod reads;
 mod rows;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool};
+use tokio::sync::Notify;
 
 use crate::domain::ledger::{Kind, Status};
 
@@ -96,6 +100,8 @@ pub enum StoreError {
     Refused(#[from] Refusal),
     #[error("version {given} is stale; the current version is {current}")]
     StaleVersion { given: i64, current: i64 },
+    #[error("a callback to {method} {url} already exists")]
+    DuplicateCallback { url: String, method: &'static str },
     #[error("Idempotency-Key {0:?} was already used with a different request")]
     IdempotencyMismatch(String),
     #[error("database error: {0}")]
@@ -112,6 +118,10 @@ pub struct Db {
     /// Reads. On PostgreSQL the same pool as `write`.
     read: AnyPool,
     backend: Backend,
+    /// The URL connected to (PostgreSQL's LISTEN needs a connection of its own).
+    url: String,
+    /// Wakes this process's dispatcher when a unit of work may have created deliveries.
+    wake: Arc<Notify>,
 }
 
 /// Connection settings that are not part of the URL.
@@ -147,6 +157,8 @@ impl Db {
                 write: pool.clone(),
                 read: pool,
                 backend: Backend::Postgres,
+                url: url.to_owned(),
+                wake: Arc::default(),
             }
         } else {
             let url = sqlite_url(url);
@@ -158,6 +170,8 @@ impl Db {
                 write,
                 read,
                 backend: Backend::Sqlite,
+                url,
+                wake: Arc::default(),
             }
         };
         db.migrate().await?;
@@ -194,6 +208,22 @@ impl Db {
     /// The pool for writes (one connection on SQLite).
     pub fn writer(&self) -> &AnyPool {
         &self.write
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The signal this process's dispatcher waits on.
+    pub fn wake_handle(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Commits a unit of work that may have written deliveries, and wakes the dispatcher.
+    pub(crate) async fn commit(&self, tx: Tx) -> Result<(), StoreError> {
+        tx.commit().await?;
+        self.wake.notify_one();
+        Ok(())
     }
 
     pub async fn close(&self) {

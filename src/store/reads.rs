@@ -124,7 +124,7 @@ impl Db {
         let mut filters = Vec::new();
         scope_filter(scope, &mut filters);
         self.list(
-            concat!("SELECT ", order_columns!(), " FROM orders"),
+            concat!("SELECT ", order_columns!(), " FROM orders WHERE 1 = 1"),
             filters,
             page,
             rows::order,
@@ -147,7 +147,7 @@ impl Db {
             TxnFilter::Parent(id) => filters.push(("parent_id", id.clone())),
         }
         self.list(
-            concat!("SELECT ", txn_columns!(), " FROM transactions"),
+            concat!("SELECT ", txn_columns!(), " FROM transactions WHERE 1 = 1"),
             filters,
             page,
             rows::transaction,
@@ -169,31 +169,37 @@ impl Db {
         }
         let page = self
             .list(
-                concat!("SELECT ", event_columns!(), " FROM events"),
+                concat!("SELECT ", event_columns!(), " FROM events WHERE 1 = 1"),
                 filters,
                 page,
                 rows::event,
             )
             .await?;
+        let ids: Vec<&str> = page.items.iter().map(|e| e.id.as_str()).collect();
+        let mut statuses = self.callback_statuses(&ids).await?;
         Ok(PageOf {
             items: page
                 .items
                 .into_iter()
-                .map(|e| (e, CallbackStatuses::default()))
+                .map(|e| {
+                    let s = statuses.remove(&e.id).unwrap_or_default();
+                    (e, s)
+                })
                 .collect(),
             more: page.more,
         })
     }
 
-    /// `select` (a SELECT without WHERE) narrowed by `column = value` filters and paged by id.
-    async fn list<T>(
+    /// `select` (a SELECT ending in a WHERE condition) narrowed by `column = value` filters
+    /// and paged by id.
+    pub(super) async fn list<T>(
         &self,
         select: &'static str,
         filters: Vec<(&'static str, String)>,
         page: &Page,
         decode: fn(&AnyRow) -> Result<T, sqlx::Error>,
     ) -> Result<PageOf<T>, StoreError> {
-        let mut sql = format!("{select} WHERE 1 = 1");
+        let mut sql = select.to_owned();
         let mut args: Vec<String> = Vec::new();
         for (column, value) in filters {
             args.push(value);

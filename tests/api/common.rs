@@ -75,6 +75,8 @@ impl TestApp {
     }
 
     async fn start(url: &str, dir: Option<tempfile::TempDir>) -> TestApp {
+        // reqwest is built without a default TLS provider (hookline installs ring's).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let options = DbOptions {
             max_connections: 8,
             ..DbOptions::default()
@@ -89,6 +91,7 @@ impl TestApp {
         let config = ApiConfig {
             operator_token: Some(OPERATOR.into()),
             max_body_bytes: 64 * 1024,
+            ..ApiConfig::default()
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
