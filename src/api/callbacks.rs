@@ -1,13 +1,13 @@
 //! `/callbacks`: where a marketplace's events are delivered.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::error::ApiError;
-use super::extract::{Caller, Json, ListQuery};
+use super::extract::{Caller, Id, Json, ListQuery};
 use super::{AppState, created, listed};
 use crate::domain::callbacks::{CreateCallback, UpdateCallback};
 use crate::domain::views;
@@ -38,7 +38,7 @@ async fn list(State(state): State<AppState>, caller: Caller, query: ListQuery) -
     Ok(listed("callbacks", "/callbacks", &query, page, |c| &c.id, |c| views::callback(c, None)))
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn show(State(state): State<AppState>, caller: Caller, Id(id): Id) -> Result<Response, ApiError> {
     let row = state.db.callback(&caller.scope(None), &id).await?;
     Ok(axum::Json(one(&row, None)).into_response())
 }
@@ -47,7 +47,7 @@ async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<Stri
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Id(id): Id,
     Json { value, .. }: Json<UpdateCallback>,
 ) -> Result<Response, ApiError> {
     let scope = Scope::Marketplace(caller.marketplace()?.to_owned());
@@ -55,14 +55,14 @@ async fn update(
     Ok(axum::Json(one(&row, None)).into_response())
 }
 
-async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn remove(State(state): State<AppState>, caller: Caller, Id(id): Id) -> Result<Response, ApiError> {
     let scope = Scope::Marketplace(caller.marketplace()?.to_owned());
     state.db.delete_callback(&scope, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// A new signing secret, shown once; the old one signs beside it for the grace period.
-async fn rotate(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn rotate(State(state): State<AppState>, caller: Caller, Id(id): Id) -> Result<Response, ApiError> {
     let scope = Scope::Marketplace(caller.marketplace()?.to_owned());
     let grace = state.config.rotation_grace.as_micros().min(i64::MAX as u128) as i64;
     let (row, secret) = state.db.rotate_callback_secret(&scope, &id, grace).await?;

@@ -1,12 +1,12 @@
 //! `/events`, and each resource's events (`/debits/{id}/events`, ...).
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::error::ApiError;
-use super::extract::{Caller, ListQuery};
+use super::extract::{Caller, Id, ListQuery};
 use super::{AppState, listed};
 use crate::domain::ledger::Kind;
 use crate::domain::views::{self, CallbackStatuses, EventRow};
@@ -17,12 +17,12 @@ pub fn routes() -> Router<AppState> {
         .route("/events/{id}", get(show))
         .route(
             "/orders/{id}/events",
-            get(|s, c, Path(id): Path<String>, q| of_resource(s, c, id, q, None)),
+            get(|s, c, Id(id): Id, q| of_resource(s, c, id, q, None)),
         );
     for kind in Kind::ALL {
         router = router.route(
             &format!("/{}/{{id}}/events", kind.collection()),
-            get(move |s, c, Path(id): Path<String>, q| of_resource(s, c, id, q, Some(kind))),
+            get(move |s, c, Id(id): Id, q| of_resource(s, c, id, q, Some(kind))),
         );
     }
     router
@@ -49,7 +49,7 @@ async fn list(
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(event_id): Path<String>,
+    Id(event_id): Id,
 ) -> Result<Response, ApiError> {
     let event = state.db.event(&caller.scope(None), &event_id).await?;
     Ok(axum::Json(views::envelope("events", vec![view(&event)], None)).into_response())

@@ -95,8 +95,21 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// A JSON body decoded into `T`, with the raw bytes kept (for `Idempotency-Key`). An empty
-/// body reads as `{}`, so `POST /debits/{id}/refunds` with no body is a full refund.
+/// A request body, read but not yet decoded (kept whole for `Idempotency-Key`).
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let raw = Bytes::from_request(req, state).await.map_err(|e| {
+            ApiError::new(e.status(), "request", format!("Could not read the request body: {}", e.body_text()))
+        })?;
+        Ok(RawBody(raw))
+    }
+}
+
+/// A JSON body decoded into `T` (see [`parse`]), with the raw bytes kept.
 pub struct Json<T> {
     pub value: T,
     pub raw: Bytes,
@@ -106,50 +119,73 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let raw = Bytes::from_request(req, state).await.map_err(|e| {
-            ApiError::new(
-                e.status(),
-                "request",
-                format!("Could not read the request body: {}", e.body_text()),
-            )
-        })?;
-        let text: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &raw
+        let RawBody(raw) = RawBody::from_request(req, state).await?;
+        Ok(Json { value: parse(&raw)?, raw })
+    }
+}
+
+/// Decodes a body into a request type: it must be one JSON object (an empty body reads as
+/// `{}`, so `POST /debits/{id}/refunds` with no body is a full refund), with no unknown
+/// and no repeated fields. Errors name the field at fault.
+pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+    let text: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) { b"{}" } else { raw };
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::field("body", "must be a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::field("body", format!("is not valid JSON: {inner}"));
+        }
+        let message = inner.to_string();
+        let path = e.path().to_string();
+        // Unknown, missing and repeated fields are reported at the object holding them,
+        // with the field's name between backquotes.
+        let named = ["unknown field", "missing field", "duplicate field"]
+            .iter()
+            .any(|p| message.starts_with(p));
+        let field = match (path.as_str(), named) {
+            (".", true) => message.split('`').nth(1).unwrap_or("body").to_owned(),
+            (".", false) => "body".to_owned(),
+            _ => path,
         };
-        let mut de = serde_json::Deserializer::from_slice(text);
-        let value = serde_path_to_error::deserialize(&mut de).map_err(body_error)?;
-        de.end()
-            .map_err(|e| ApiError::field("body", format!("is not valid JSON: {e}")))?;
-        Ok(Json { value, raw })
+        ApiError::field(&field, message)
+    })?;
+    de.end().map_err(|e| ApiError::field("body", format!("is not valid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// The id in a path (`/debits/{id}`). Ids are ASCII letters and digits; anything else
+/// cannot name a resource, so it answers 404 without asking the database.
+pub struct Id(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(id))
+                if (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            {
+                Ok(Id(id))
+            }
+            Ok(axum::extract::Path(id)) => Err(ApiError::not_found(&format!("The resource {id}"))),
+            Err(_) => Err(ApiError::not_found(&format!("The resource at {}", parts.uri.path()))),
+        }
     }
 }
 
-fn body_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
-    let inner = e.inner();
-    if inner.is_syntax() || inner.is_eof() {
-        return ApiError::field("body", format!("is not valid JSON: {inner}"));
+/// The operator, or a 403 before anything else of the request is read.
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Caller::from_request_parts(parts, state).await?.require_operator()?;
+        Ok(Operator)
     }
-    field_error(e)
-}
-
-/// Decodes an already parsed body into a request type, naming the field at fault.
-pub fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(field_error)
-}
-
-fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
-    let message = e.inner().to_string();
-    let path = e.path().to_string();
-    let field = if path == "." {
-        // Unknown and missing fields are reported at the object holding them; serde puts
-        // the field's name between backquotes.
-        message.split('`').nth(1).unwrap_or("body").to_owned()
-    } else {
-        path
-    };
-    ApiError::field(&field, message)
 }
 
 pub const DEFAULT_LIMIT: i64 = 10;

@@ -1,13 +1,13 @@
 //! Operator-only endpoints: marketplaces, and the processor reporting outcomes.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::extract::{Caller, Json};
+use super::extract::{Id, Json, Operator};
 use super::{AppState, created};
 use crate::domain::input::{CreateMarketplace, ProcessorOutcome};
 
@@ -22,10 +22,9 @@ pub fn routes() -> Router<AppState> {
 
 async fn create_marketplace(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Operator,
     Json { value, .. }: Json<CreateMarketplace>,
 ) -> Result<Response, ApiError> {
-    caller.require_operator()?;
     let name = value.validate()?;
     let (marketplace, secret) = state.db.create_marketplace(&name).await?;
     Ok(created(json!({ "marketplaces": [{
@@ -37,11 +36,7 @@ async fn create_marketplace(
     }]})))
 }
 
-async fn list_marketplaces(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<Response, ApiError> {
-    caller.require_operator()?;
+async fn list_marketplaces(State(state): State<AppState>, _: Operator) -> Result<Response, ApiError> {
     let items: Vec<_> = state
         .db
         .marketplaces()
@@ -55,11 +50,10 @@ async fn list_marketplaces(
 /// The payment processor's word on a transaction: `succeeded`, or `failed` with a reason.
 async fn record_outcome(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
+    _: Operator,
+    Id(id): Id,
     Json { value, .. }: Json<ProcessorOutcome>,
 ) -> Result<Response, ApiError> {
-    caller.require_operator()?;
     let outcome = value.validate()?;
     let body = state.db.record_outcome(&id, outcome).await?;
     Ok(axum::Json(body).into_response())

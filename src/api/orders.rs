@@ -1,13 +1,13 @@
 //! `/orders`, and `/customers/{merchant}/orders` as Balanced created them.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 
 use super::error::ApiError;
-use super::extract::{Caller, Json, ListQuery, idempotency_key, if_match};
+use super::extract::{Caller, Id, Json, ListQuery, idempotency_key, if_match};
 use super::{AppState, created, listed, versioned};
 use crate::domain::input::{CreateOrder, Update};
 use crate::domain::views;
@@ -31,7 +31,7 @@ async fn create(
 async fn create_for_merchant(
     state: State<AppState>,
     caller: Caller,
-    Path(merchant): Path<String>,
+    Id(merchant): Id,
     headers: HeaderMap,
     body: Json<CreateOrder>,
 ) -> Result<Response, ApiError> {
@@ -80,7 +80,7 @@ async fn list(
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Response, ApiError> {
     let order = state.db.order(&caller.scope(None), &id).await?;
     Ok(versioned(
@@ -92,7 +92,7 @@ async fn show(
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Id(id): Id,
     headers: HeaderMap,
     Json { value, .. }: Json<Update>,
 ) -> Result<Response, ApiError> {

@@ -1,13 +1,13 @@
 //! Debits, refunds, credits and reversals: the same handlers for each kind.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 
 use super::error::ApiError;
-use super::extract::{Caller, Json, ListQuery, decode, idempotency_key, if_match};
+use super::extract::{Caller, Id, Json, ListQuery, RawBody, idempotency_key, if_match, parse};
 use super::{AppState, created, listed, versioned};
 use crate::domain::input::{CreateCredit, CreateDebit, CreateReturn, Update};
 use crate::domain::ledger::Kind;
@@ -35,7 +35,7 @@ pub fn routes() -> Router<AppState> {
     for (parent, kind) in [(Kind::Debit, Kind::Refund), (Kind::Credit, Kind::Reversal)] {
         router = router.route(
             &format!("/{}/{{id}}/{}", parent.collection(), kind.collection()),
-            get(move |s, caller, Path(id): Path<String>, q| {
+            get(move |s, caller, Id(id): Id, q| {
                 list(
                     s,
                     caller,
@@ -44,20 +44,20 @@ pub fn routes() -> Router<AppState> {
                     Some((ParentOf::Transaction(parent), id)),
                 )
             })
-            .post(move |s, caller, Path(id): Path<String>, h, body| {
+            .post(move |s, caller, Id(id): Id, h, body| {
                 create(s, caller, h, body, kind, Some(id))
             }),
         );
     }
     for kind in Kind::ALL {
         let path = format!("/orders/{{id}}/{}", kind.collection());
-        let list_route = get(move |s, caller, Path(id): Path<String>, q| {
+        let list_route = get(move |s, caller, Id(id): Id, q| {
             list(s, caller, q, kind, Some((ParentOf::Order, id)))
         });
         router = match kind {
             Kind::Debit | Kind::Credit => router.route(
                 &path,
-                list_route.post(move |s, caller, Path(id): Path<String>, h, body| {
+                list_route.post(move |s, caller, Id(id): Id, h, body| {
                     create(s, caller, h, body, kind, Some(id))
                 }),
             ),
@@ -79,7 +79,7 @@ async fn create(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Json { value, raw }: Json<serde_json::Value>,
+    RawBody(raw): RawBody,
     kind: Kind,
     parent: Option<String>,
 ) -> Result<Response, ApiError> {
@@ -102,9 +102,9 @@ async fn create(
                 db.order(&scope, order).await?;
             }
             let new = if kind == Kind::Debit {
-                decode::<CreateDebit>(value)?.validate(parent.as_deref())?
+                parse::<CreateDebit>(&raw)?.validate(parent.as_deref())?
             } else {
-                decode::<CreateCredit>(value)?.validate(parent.as_deref())?
+                parse::<CreateCredit>(&raw)?.validate(parent.as_deref())?
             };
             db.create_transfer(marketplace, kind, new, key.as_ref())
                 .await?
@@ -112,7 +112,7 @@ async fn create(
         Kind::Refund | Kind::Reversal => {
             let parent_kind = kind.parent().expect("returns have parents");
             let new =
-                decode::<CreateReturn>(value)?.validate(parent_kind.as_str(), parent.as_deref())?;
+                parse::<CreateReturn>(&raw)?.validate(parent_kind.as_str(), parent.as_deref())?;
             let from_body = parent.is_none();
             match db.create_return(marketplace, kind, new, key.as_ref()).await {
                 // A parent named in the body that does not exist is a bad field, not a
@@ -172,7 +172,7 @@ async fn list(
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Id(id): Id,
     kind: Kind,
 ) -> Result<Response, ApiError> {
     let row = state.db.transaction(&caller.scope(None), kind, &id).await?;
@@ -185,7 +185,7 @@ async fn show(
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Id(id): Id,
     headers: HeaderMap,
     Json { value, .. }: Json<Update>,
     kind: Kind,

@@ -151,10 +151,10 @@ impl Db {
         let mut secrets = vec![row.try_get::<String, _>("secret")?];
         let previous: Option<String> = row.try_get("previous_secret")?;
         let until: Option<i64> = row.try_get("previous_secret_expires_at")?;
-        if let (Some(previous), Some(until)) = (previous, until) {
-            if until > now_micros() {
-                secrets.push(previous);
-            }
+        if let (Some(previous), Some(until)) = (previous, until)
+            && until > now_micros()
+        {
+            secrets.push(previous);
         }
         Ok(Target {
             url: row.try_get("url")?,

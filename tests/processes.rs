@@ -1,0 +1,200 @@
+//! Dispatcher processes, as operators run them: `hookline dispatch` killed with SIGKILL in
+//! the middle of a run loses nothing, and two of them side by side on PostgreSQL deliver
+//! each delivery exactly once.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use hookline::store::outbox::{self, NewEvent};
+use hookline::store::{Db, DbOptions};
+use serde_json::json;
+use sqlx::Row;
+
+const POSTGRES_ENV: &str = "HOOKLINE_TEST_DATABASE_URL";
+
+/// Counts the requests per `webhook-id` a receiver got; answers 200 after `delay`.
+#[derive(Clone, Default)]
+struct Tally(Arc<Mutex<HashMap<String, u32>>>);
+
+impl Tally {
+    fn total(&self) -> u32 {
+        self.0.lock().expect("lock").values().sum()
+    }
+
+    fn snapshot(&self) -> HashMap<String, u32> {
+        self.0.lock().expect("lock").clone()
+    }
+}
+
+async fn receiver(delay: Duration) -> (String, Tally) {
+    let tally = Tally::default();
+    let t = tally.clone();
+    let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+        let t = t.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            *t.0.lock().expect("lock").entry(id).or_insert(0) += 1;
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hooks", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, tally)
+}
+
+/// A database with one marketplace, a callback per receiver URL and `events` events
+/// enqueued through the library call. Returns the database and its URL.
+async fn seeded(url: &str, receivers: &[&str], events: usize) -> Db {
+    let db = Db::connect(url, &DbOptions::default()).await.expect("connect");
+    let (marketplace, _) = db.create_marketplace("load").await.expect("marketplace");
+    for (i, receiver) in receivers.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO callbacks (id, marketplace_id, url, method, revision, enabled, secret, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'post', '1.1', TRUE, $4, 0, 0)",
+        )
+        .bind(format!("CB{i:0>24}"))
+        .bind(&marketplace.id)
+        .bind(*receiver)
+        .bind(hookline::signing::generate_secret())
+        .execute(db.writer())
+        .await
+        .expect("a callback");
+    }
+    let entity = json!({ "orders": [{ "id": "OR000000000000000000000001" }] });
+    for chunk in (0..events).collect::<Vec<_>>().chunks(100) {
+        let mut tx = db.begin().await.expect("begin");
+        for _ in chunk {
+            outbox::enqueue::<sqlx::Any>(
+                &mut *tx,
+                NewEvent {
+                    marketplace_id: &marketplace.id,
+                    event_type: "order.updated",
+                    entity_id: "OR000000000000000000000001",
+                    entity: &entity,
+                    occurred_at: hookline::store::now_micros(),
+                },
+            )
+            .await
+            .expect("enqueue");
+        }
+        tx.commit().await.expect("commit");
+    }
+    db
+}
+
+fn dispatcher(url: &str, per_callback: u32) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["dispatch", "--allow-network", "127.0.0.0/8", "--dispatch-lease-secs", "2"])
+        .args(["--dispatch-per-callback", &per_callback.to_string(), "--retry-initial-ms", "50"])
+        .args(["--dispatch-poll-ms", "200", "--request-timeout-ms", "1500"])
+        .env("HOOKLINE_DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start hookline dispatch")
+}
+
+async fn count(db: &Db, sql: &'static str) -> i64 {
+    sqlx::query(sql).fetch_one(db.reader()).await.expect("count").get::<i64, _>(0)
+}
+
+/// Waits until every delivery succeeded, up to `limit`.
+async fn until_all_succeeded(db: &Db, total: i64, limit: Duration) {
+    let start = Instant::now();
+    while count(db, "SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded'").await < total {
+        assert!(start.elapsed() < limit, "not every delivery succeeded within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn killed_dispatcher_loses_nothing(url: String) {
+    const EVENTS: usize = 300;
+    const PER_CALLBACK: u32 = 4;
+    let (a, tally_a) = receiver(Duration::from_millis(25)).await;
+    let (b, tally_b) = receiver(Duration::from_millis(25)).await;
+    let db = seeded(&url, &[&a, &b], EVENTS).await;
+    let total = 2 * EVENTS as i64;
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM deliveries").await, total, "every event has its deliveries");
+
+    let started = Instant::now();
+    let mut first = dispatcher(&url, PER_CALLBACK);
+    while tally_a.total() + tally_b.total() < 150 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the first dispatcher delivered too little");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+    let at_kill = tally_a.total() + tally_b.total();
+    assert!((at_kill as i64) < total, "killed in the middle of the run");
+
+    let mut second = dispatcher(&url, PER_CALLBACK);
+    until_all_succeeded(&db, total, Duration::from_secs(90)).await;
+    second.kill().expect("stop the second dispatcher");
+    second.wait().expect("reaped");
+    let took = started.elapsed();
+
+    let mut duplicates = 0;
+    for tally in [tally_a.snapshot(), tally_b.snapshot()] {
+        assert_eq!(tally.len(), EVENTS, "every event reached every callback");
+        duplicates += tally.values().map(|n| n - 1).sum::<u32>();
+    }
+    // Only attempts in flight at the kill can be sent twice: at most per_callback each.
+    assert!(duplicates <= 2 * PER_CALLBACK, "{duplicates} duplicates");
+    let recorded_ok = count(&db, "SELECT COUNT(*) FROM attempts WHERE CAST(succeeded AS INTEGER) = 1").await;
+    assert_eq!(recorded_ok, total, "each delivery's success is recorded once");
+    eprintln!("crash test: {total} deliveries, killed after {at_kill}, {duplicates} duplicates, {took:?} in all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_killed_dispatcher_loses_nothing() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let path = dir.path().join("crash.db");
+    killed_dispatcher_loses_nothing(path.to_str().expect("utf-8").to_owned()).await;
+}
+
+/// A fresh schema in the PostgreSQL test database, as a URL.
+async fn postgres_url() -> String {
+    let base = std::env::var(POSTGRES_ENV).expect("HOOKLINE_TEST_DATABASE_URL was set at build time");
+    let schema = format!("t_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let admin = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&base).await.expect("PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.expect("schema");
+    admin.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(hookline_postgres), ignore = "PostgreSQL half skipped: set HOOKLINE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it")]
+async fn postgres_killed_dispatcher_loses_nothing() {
+    killed_dispatcher_loses_nothing(postgres_url().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(hookline_postgres), ignore = "PostgreSQL half skipped: set HOOKLINE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it")]
+async fn postgres_two_dispatchers_deliver_each_delivery_exactly_once() {
+    const EVENTS: usize = 500;
+    let url = postgres_url().await;
+    let (a, tally_a) = receiver(Duration::from_millis(2)).await;
+    let (b, tally_b) = receiver(Duration::from_millis(2)).await;
+    let db = seeded(&url, &[&a, &b], EVENTS).await;
+    let total = 2 * EVENTS as i64;
+    let mut one = dispatcher(&url, 8);
+    let mut two = dispatcher(&url, 8);
+    until_all_succeeded(&db, total, Duration::from_secs(90)).await;
+    for child in [&mut one, &mut two] {
+        child.kill().expect("stop");
+        child.wait().expect("reaped");
+    }
+    for tally in [tally_a.snapshot(), tally_b.snapshot()] {
+        assert_eq!(tally.len(), EVENTS);
+        assert!(tally.values().all(|n| *n == 1), "a delivery was sent twice");
+    }
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM attempts").await, total, "one attempt per delivery");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM deliveries WHERE attempts = 1").await, total);
+}
