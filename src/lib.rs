@@ -9,9 +9,14 @@
 //! - [`store`]: the database. [`store::Db`] opens SQLite or PostgreSQL, applies
 //!   `migrations/{sqlite,postgres}`, and offers whole units of work (create a refund,
 //!   record a processor outcome, ...) that each own their transaction. The outbox
-//!   ([`store::outbox`]) is written inside those transactions.
+//!   ([`store::outbox`]) is written inside those transactions, with one delivery per
+//!   matching callback; [`store::outbox::enqueue`] is also the library's entry point for
+//!   services that write their own events in their own transactions.
 //! - [`api`]: the axum routers, one file per resource, and [`api::error`], which turns every
 //!   failure into Balanced's error envelope.
+//! - [`dispatch`]: the dispatcher: claiming due deliveries under a lease, sending them
+//!   signed ([`signing`]), the retry schedule and the outbound address guard.
+//! - [`verify`]: for receivers, checking a delivery (pure; also `hookline verify`).
 //! - [`config`]: every command-line flag and environment variable, with defaults.
 //! - [`server`]: running the API: first-start bootstrap and graceful shutdown.
 //! - `src/main.rs`: parses the configuration, starts logging, runs a subcommand.
@@ -23,3 +28,4 @@ pub mod domain;
 pub mod server;
 pub mod signing;
 pub mod store;
+pub mod verify;

@@ -43,7 +43,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Serve { api, dispatch } => {
             announce_first_start(&db, &api.listen.to_string()).await?;
             let dispatcher = Dispatcher::new(db.clone(), dispatch.config());
-            let dispatching = tokio::spawn(async move { hookline::dispatch::run_until_signal(dispatcher).await });
+            let dispatching =
+                tokio::spawn(async move { hookline::dispatch::run_until_signal(dispatcher).await });
             server::serve_api(db.clone(), api_config(&cli.config, &api), api.listen).await?;
             dispatching.await??;
         }
@@ -52,7 +53,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             server::serve_api(db.clone(), api_config(&cli.config, &api), api.listen).await?;
         }
         Command::Dispatch(dispatch) => {
-            hookline::dispatch::run_until_signal(Dispatcher::new(db.clone(), dispatch.config())).await?;
+            hookline::dispatch::run_until_signal(Dispatcher::new(db.clone(), dispatch.config()))
+                .await?;
         }
         Command::Verify(_) => unreachable!("handled before start-up"),
     }
@@ -107,7 +109,14 @@ fn verify(args: &VerifyArgs) -> std::process::ExitCode {
         Ok(ts) if args.ignore_time => ts,
         _ => chrono::Utc::now().timestamp(),
     };
-    match signing::verify(&args.secret, &args.id, &args.timestamp, &args.signature, &body, now) {
+    match signing::verify(
+        &args.secret,
+        &args.id,
+        &args.timestamp,
+        &args.signature,
+        &body,
+        now,
+    ) {
         Ok(()) => {
             println!("valid");
             std::process::ExitCode::SUCCESS

@@ -17,6 +17,8 @@ const PREFIX: &str = "whsec_";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
+    #[error("the {0} header is missing")]
+    MissingHeader(&'static str),
     #[error("the secret is not a whsec_ secret with a base64 key")]
     InvalidSecret,
     #[error("webhook-timestamp is not a whole number of seconds")]
@@ -38,11 +40,14 @@ pub fn generate_secret() -> String {
 
 fn key(secret: &str) -> Result<Vec<u8>, VerifyError> {
     let encoded = secret.strip_prefix(PREFIX).unwrap_or(secret);
-    BASE64.decode(encoded).map_err(|_| VerifyError::InvalidSecret)
+    BASE64
+        .decode(encoded)
+        .map_err(|_| VerifyError::InvalidSecret)
 }
 
 fn mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.to_string().as_bytes());
@@ -53,12 +58,19 @@ fn mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
 
 /// One `v1,<base64>` signature.
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, VerifyError> {
-    let tag = mac(&key(secret)?, id, timestamp, body).finalize().into_bytes();
+    let tag = mac(&key(secret)?, id, timestamp, body)
+        .finalize()
+        .into_bytes();
     Ok(format!("v1,{}", BASE64.encode(tag)))
 }
 
 /// The `webhook-signature` header value: one signature per secret, space-separated.
-pub fn signature_header(secrets: &[&str], id: &str, timestamp: i64, body: &[u8]) -> Result<String, VerifyError> {
+pub fn signature_header(
+    secrets: &[&str],
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Result<String, VerifyError> {
     let signatures = secrets
         .iter()
         .map(|s| sign(s, id, timestamp, body))
@@ -78,7 +90,10 @@ pub fn verify(
     now: i64,
 ) -> Result<(), VerifyError> {
     let key = key(secret)?;
-    let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::InvalidTimestamp)?;
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::InvalidTimestamp)?;
     if ts < now - TOLERANCE_SECS {
         return Err(VerifyError::TimestampTooOld);
     }
@@ -91,7 +106,11 @@ pub fn verify(
         .filter_map(|entry| entry.strip_prefix("v1,"))
         .filter_map(|sig| BASE64.decode(sig).ok())
         .any(|sig| expected.clone().verify_slice(&sig).is_ok());
-    if matched { Ok(()) } else { Err(VerifyError::NoMatchingSignature) }
+    if matched {
+        Ok(())
+    } else {
+        Err(VerifyError::NoMatchingSignature)
+    }
 }
 
 #[cfg(test)]
@@ -119,7 +138,10 @@ mod tests {
     #[test]
     fn signing_reproduces_the_known_vectors() {
         for (secret, id, ts, body, signature) in VECTORS {
-            assert_eq!(sign(secret, id, ts, body.as_bytes()).as_deref(), Ok(signature));
+            assert_eq!(
+                sign(secret, id, ts, body.as_bytes()).as_deref(),
+                Ok(signature)
+            );
         }
     }
 
@@ -127,14 +149,24 @@ mod tests {
     fn the_known_vectors_verify_and_tampering_does_not() {
         for (secret, id, ts, body, signature) in VECTORS {
             let ts_text = ts.to_string();
-            assert_eq!(verify(secret, id, &ts_text, signature, body.as_bytes(), ts), Ok(()));
+            assert_eq!(
+                verify(secret, id, &ts_text, signature, body.as_bytes(), ts),
+                Ok(())
+            );
             let tampered = format!("{body} ");
             assert_eq!(
                 verify(secret, id, &ts_text, signature, tampered.as_bytes(), ts),
                 Err(VerifyError::NoMatchingSignature)
             );
             assert_eq!(
-                verify(secret, "msg_other", &ts_text, signature, body.as_bytes(), ts),
+                verify(
+                    secret,
+                    "msg_other",
+                    &ts_text,
+                    signature,
+                    body.as_bytes(),
+                    ts
+                ),
                 Err(VerifyError::NoMatchingSignature)
             );
         }
@@ -144,10 +176,22 @@ mod tests {
     fn timestamps_beyond_five_minutes_are_refused_either_way() {
         let (secret, id, ts, body, signature) = VECTORS[0];
         let ts_text = ts.to_string();
-        assert_eq!(verify(secret, id, &ts_text, signature, body.as_bytes(), ts + 301), Err(VerifyError::TimestampTooOld));
-        assert_eq!(verify(secret, id, &ts_text, signature, body.as_bytes(), ts - 301), Err(VerifyError::TimestampTooNew));
-        assert_eq!(verify(secret, id, &ts_text, signature, body.as_bytes(), ts + 300), Ok(()));
-        assert_eq!(verify(secret, id, "soon", signature, body.as_bytes(), ts), Err(VerifyError::InvalidTimestamp));
+        assert_eq!(
+            verify(secret, id, &ts_text, signature, body.as_bytes(), ts + 301),
+            Err(VerifyError::TimestampTooOld)
+        );
+        assert_eq!(
+            verify(secret, id, &ts_text, signature, body.as_bytes(), ts - 301),
+            Err(VerifyError::TimestampTooNew)
+        );
+        assert_eq!(
+            verify(secret, id, &ts_text, signature, body.as_bytes(), ts + 300),
+            Ok(())
+        );
+        assert_eq!(
+            verify(secret, id, "soon", signature, body.as_bytes(), ts),
+            Err(VerifyError::InvalidTimestamp)
+        );
     }
 
     #[test]
@@ -157,10 +201,23 @@ mod tests {
         let header = signature_header(&[&old, secret], id, ts, body.as_bytes()).expect("sign");
         let header = format!("v2,abc {header}");
         assert_eq!(header.split(' ').count(), 3);
-        assert_eq!(verify(secret, id, &ts.to_string(), &header, body.as_bytes(), ts), Ok(()));
-        assert_eq!(verify(&old, id, &ts.to_string(), &header, body.as_bytes(), ts), Ok(()));
         assert_eq!(
-            verify(&generate_secret(), id, &ts.to_string(), &header, body.as_bytes(), ts),
+            verify(secret, id, &ts.to_string(), &header, body.as_bytes(), ts),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&old, id, &ts.to_string(), &header, body.as_bytes(), ts),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                &generate_secret(),
+                id,
+                &ts.to_string(),
+                &header,
+                body.as_bytes(),
+                ts
+            ),
             Err(VerifyError::NoMatchingSignature)
         );
     }

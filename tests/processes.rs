@@ -36,12 +36,18 @@ async fn receiver(delay: Duration) -> (String, Tally) {
         let t = t.clone();
         async move {
             tokio::time::sleep(delay).await;
-            let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            let id = headers
+                .get("webhook-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
             *t.0.lock().expect("lock").entry(id).or_insert(0) += 1;
             "ok"
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}/hooks", listener.local_addr().expect("address"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, tally)
@@ -50,7 +56,9 @@ async fn receiver(delay: Duration) -> (String, Tally) {
 /// A database with one marketplace, a callback per receiver URL and `events` events
 /// enqueued through the library call. Returns the database and its URL.
 async fn seeded(url: &str, receivers: &[&str], events: usize) -> Db {
-    let db = Db::connect(url, &DbOptions::default()).await.expect("connect");
+    let db = Db::connect(url, &DbOptions::default())
+        .await
+        .expect("connect");
     let (marketplace, _) = db.create_marketplace("load").await.expect("marketplace");
     for (i, receiver) in receivers.iter().enumerate() {
         sqlx::query(
@@ -89,8 +97,19 @@ async fn seeded(url: &str, receivers: &[&str], events: usize) -> Db {
 
 fn dispatcher(url: &str, per_callback: u32) -> Child {
     Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["dispatch", "--allow-network", "127.0.0.0/8", "--dispatch-lease-secs", "2"])
-        .args(["--dispatch-per-callback", &per_callback.to_string(), "--retry-initial-ms", "50"])
+        .args([
+            "dispatch",
+            "--allow-network",
+            "127.0.0.0/8",
+            "--dispatch-lease-secs",
+            "2",
+        ])
+        .args([
+            "--dispatch-per-callback",
+            &per_callback.to_string(),
+            "--retry-initial-ms",
+            "50",
+        ])
         .args(["--dispatch-poll-ms", "200", "--request-timeout-ms", "1500"])
         .env("HOOKLINE_DATABASE_URL", url)
         .env("RUST_LOG", "warn")
@@ -101,14 +120,27 @@ fn dispatcher(url: &str, per_callback: u32) -> Child {
 }
 
 async fn count(db: &Db, sql: &'static str) -> i64 {
-    sqlx::query(sql).fetch_one(db.reader()).await.expect("count").get::<i64, _>(0)
+    sqlx::query(sql)
+        .fetch_one(db.reader())
+        .await
+        .expect("count")
+        .get::<i64, _>(0)
 }
 
 /// Waits until every delivery succeeded, up to `limit`.
 async fn until_all_succeeded(db: &Db, total: i64, limit: Duration) {
     let start = Instant::now();
-    while count(db, "SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded'").await < total {
-        assert!(start.elapsed() < limit, "not every delivery succeeded within {limit:?}");
+    while count(
+        db,
+        "SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded'",
+    )
+    .await
+        < total
+    {
+        assert!(
+            start.elapsed() < limit,
+            "not every delivery succeeded within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -120,12 +152,19 @@ async fn killed_dispatcher_loses_nothing(url: String) {
     let (b, tally_b) = receiver(Duration::from_millis(25)).await;
     let db = seeded(&url, &[&a, &b], EVENTS).await;
     let total = 2 * EVENTS as i64;
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM deliveries").await, total, "every event has its deliveries");
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM deliveries").await,
+        total,
+        "every event has its deliveries"
+    );
 
     let started = Instant::now();
     let mut first = dispatcher(&url, PER_CALLBACK);
     while tally_a.total() + tally_b.total() < 150 {
-        assert!(started.elapsed() < Duration::from_secs(60), "the first dispatcher delivered too little");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first dispatcher delivered too little"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     first.kill().expect("SIGKILL");
@@ -146,9 +185,18 @@ async fn killed_dispatcher_loses_nothing(url: String) {
     }
     // Only attempts in flight at the kill can be sent twice: at most per_callback each.
     assert!(duplicates <= 2 * PER_CALLBACK, "{duplicates} duplicates");
-    let recorded_ok = count(&db, "SELECT COUNT(*) FROM attempts WHERE CAST(succeeded AS INTEGER) = 1").await;
-    assert_eq!(recorded_ok, total, "each delivery's success is recorded once");
-    eprintln!("crash test: {total} deliveries, killed after {at_kill}, {duplicates} duplicates, {took:?} in all");
+    let recorded_ok = count(
+        &db,
+        "SELECT COUNT(*) FROM attempts WHERE CAST(succeeded AS INTEGER) = 1",
+    )
+    .await;
+    assert_eq!(
+        recorded_ok, total,
+        "each delivery's success is recorded once"
+    );
+    eprintln!(
+        "crash test: {total} deliveries, killed after {at_kill}, {duplicates} duplicates, {took:?} in all"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,23 +208,37 @@ async fn sqlite_killed_dispatcher_loses_nothing() {
 
 /// A fresh schema in the PostgreSQL test database, as a URL.
 async fn postgres_url() -> String {
-    let base = std::env::var(POSTGRES_ENV).expect("HOOKLINE_TEST_DATABASE_URL was set at build time");
+    let base =
+        std::env::var(POSTGRES_ENV).expect("HOOKLINE_TEST_DATABASE_URL was set at build time");
     let schema = format!("t_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let admin = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&base).await.expect("PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.expect("schema");
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&base)
+        .await
+        .expect("PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .expect("schema");
     admin.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(hookline_postgres), ignore = "PostgreSQL half skipped: set HOOKLINE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it")]
+#[cfg_attr(
+    not(hookline_postgres),
+    ignore = "PostgreSQL half skipped: set HOOKLINE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it"
+)]
 async fn postgres_killed_dispatcher_loses_nothing() {
     killed_dispatcher_loses_nothing(postgres_url().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(hookline_postgres), ignore = "PostgreSQL half skipped: set HOOKLINE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it")]
+#[cfg_attr(
+    not(hookline_postgres),
+    ignore = "PostgreSQL half skipped: set HOOKLINE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it"
+)]
 async fn postgres_two_dispatchers_deliver_each_delivery_exactly_once() {
     const EVENTS: usize = 500;
     let url = postgres_url().await;
@@ -195,6 +257,13 @@ async fn postgres_two_dispatchers_deliver_each_delivery_exactly_once() {
         assert_eq!(tally.len(), EVENTS);
         assert!(tally.values().all(|n| *n == 1), "a delivery was sent twice");
     }
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM attempts").await, total, "one attempt per delivery");
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM deliveries WHERE attempts = 1").await, total);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM attempts").await,
+        total,
+        "one attempt per delivery"
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM deliveries WHERE attempts = 1").await,
+        total
+    );
 }

@@ -25,20 +25,39 @@ fn one(row: &views::CallbackRow, secret: Option<&str>) -> serde_json::Value {
 }
 
 /// Registers a callback. The answer carries its signing secret, shown only now.
-async fn create(State(state): State<AppState>, caller: Caller, Json { value, .. }: Json<CreateCallback>) -> Result<Response, ApiError> {
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json { value, .. }: Json<CreateCallback>,
+) -> Result<Response, ApiError> {
     let marketplace = caller.marketplace()?;
     let new = value.validate(state.config.require_https)?;
     let (row, secret) = state.db.create_callback(marketplace, new).await?;
     Ok(created(one(&row, Some(&secret))))
 }
 
-async fn list(State(state): State<AppState>, caller: Caller, query: ListQuery) -> Result<Response, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: ListQuery,
+) -> Result<Response, ApiError> {
     let scope = caller.scope(query.marketplace.as_deref());
     let page = state.db.callbacks(&scope, &query.page).await?;
-    Ok(listed("callbacks", "/callbacks", &query, page, |c| &c.id, |c| views::callback(c, None)))
+    Ok(listed(
+        "callbacks",
+        "/callbacks",
+        &query,
+        page,
+        |c| &c.id,
+        |c| views::callback(c, None),
+    ))
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Id(id): Id) -> Result<Response, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id,
+) -> Result<Response, ApiError> {
     let row = state.db.callback(&caller.scope(None), &id).await?;
     Ok(axum::Json(one(&row, None)).into_response())
 }
@@ -51,20 +70,35 @@ async fn update(
     Json { value, .. }: Json<UpdateCallback>,
 ) -> Result<Response, ApiError> {
     let scope = Scope::Marketplace(caller.marketplace()?.to_owned());
-    let row = state.db.update_callback(&scope, &id, value.validate()?).await?;
+    let row = state
+        .db
+        .update_callback(&scope, &id, value.validate()?)
+        .await?;
     Ok(axum::Json(one(&row, None)).into_response())
 }
 
-async fn remove(State(state): State<AppState>, caller: Caller, Id(id): Id) -> Result<Response, ApiError> {
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id,
+) -> Result<Response, ApiError> {
     let scope = Scope::Marketplace(caller.marketplace()?.to_owned());
     state.db.delete_callback(&scope, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// A new signing secret, shown once; the old one signs beside it for the grace period.
-async fn rotate(State(state): State<AppState>, caller: Caller, Id(id): Id) -> Result<Response, ApiError> {
+async fn rotate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id,
+) -> Result<Response, ApiError> {
     let scope = Scope::Marketplace(caller.marketplace()?.to_owned());
-    let grace = state.config.rotation_grace.as_micros().min(i64::MAX as u128) as i64;
+    let grace = state
+        .config
+        .rotation_grace
+        .as_micros()
+        .min(i64::MAX as u128) as i64;
     let (row, secret) = state.db.rotate_callback_secret(&scope, &id, grace).await?;
     Ok(axum::Json(one(&row, Some(&secret))).into_response())
 }

@@ -103,7 +103,16 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let raw = Bytes::from_request(req, state).await.map_err(|e| {
-            ApiError::new(e.status(), "request", format!("Could not read the request body: {}", e.body_text()))
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                // Bad input like any other (Balanced had no 413): a 400 naming the body.
+                ApiError::field("body", "is larger than this server accepts")
+            } else {
+                ApiError::new(
+                    e.status(),
+                    "request",
+                    format!("Could not read the request body: {}", e.body_text()),
+                )
+            }
         })?;
         Ok(RawBody(raw))
     }
@@ -120,7 +129,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let RawBody(raw) = RawBody::from_request(req, state).await?;
-        Ok(Json { value: parse(&raw)?, raw })
+        Ok(Json {
+            value: parse(&raw)?,
+            raw,
+        })
     }
 }
 
@@ -128,7 +140,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 /// `{}`, so `POST /debits/{id}/refunds` with no body is a full refund), with no unknown
 /// and no repeated fields. Errors name the field at fault.
 pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
-    let text: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) { b"{}" } else { raw };
+    let text: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        raw
+    };
     if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::field("body", "must be a JSON object"));
     }
@@ -152,7 +168,8 @@ pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::field(&field, message)
     })?;
-    de.end().map_err(|e| ApiError::field("body", format!("is not valid JSON: {e}")))?;
+    de.end()
+        .map_err(|e| ApiError::field("body", format!("is not valid JSON: {e}")))?;
     Ok(value)
 }
 
@@ -166,12 +183,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Path::<String>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(id))
-                if (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+                if (1..=64).contains(&id.len())
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric()) =>
             {
                 Ok(Id(id))
             }
             Ok(axum::extract::Path(id)) => Err(ApiError::not_found(&format!("The resource {id}"))),
-            Err(_) => Err(ApiError::not_found(&format!("The resource at {}", parts.uri.path()))),
+            Err(_) => Err(ApiError::not_found(&format!(
+                "The resource at {}",
+                parts.uri.path()
+            ))),
         }
     }
 }
@@ -183,7 +204,9 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        Caller::from_request_parts(parts, state).await?.require_operator()?;
+        Caller::from_request_parts(parts, state)
+            .await?
+            .require_operator()?;
         Ok(Operator)
     }
 }

@@ -36,7 +36,10 @@ async fn create_marketplace(
     }]})))
 }
 
-async fn list_marketplaces(State(state): State<AppState>, _: Operator) -> Result<Response, ApiError> {
+async fn list_marketplaces(
+    State(state): State<AppState>,
+    _: Operator,
+) -> Result<Response, ApiError> {
     let items: Vec<_> = state
         .db
         .marketplaces()

@@ -44,9 +44,7 @@ pub fn routes() -> Router<AppState> {
                     Some((ParentOf::Transaction(parent), id)),
                 )
             })
-            .post(move |s, caller, Id(id): Id, h, body| {
-                create(s, caller, h, body, kind, Some(id))
-            }),
+            .post(move |s, caller, Id(id): Id, h, body| create(s, caller, h, body, kind, Some(id))),
         );
     }
     for kind in Kind::ALL {

@@ -61,16 +61,24 @@ impl Guard {
     /// The default ranges refused, with `allowed` ranges opened (tests and local
     /// development allow 127.0.0.0/8).
     pub fn new(allowed: Vec<IpNet>) -> Self {
-        let blocked = BLOCKED.iter().map(|n| n.parse().expect("a valid built-in range")).collect();
+        let blocked = BLOCKED
+            .iter()
+            .map(|n| n.parse().expect("a valid built-in range"))
+            .collect();
         Self { blocked, allowed }
     }
 
     pub fn permits(&self, ip: IpAddr) -> bool {
-        self.allowed.iter().any(|n| n.contains(&ip)) || !self.blocked.iter().any(|n| n.contains(&ip))
+        self.allowed.iter().any(|n| n.contains(&ip))
+            || !self.blocked.iter().any(|n| n.contains(&ip))
     }
 
     pub fn check(&self, ip: IpAddr) -> Result<(), Blocked> {
-        if self.permits(ip) { Ok(()) } else { Err(Blocked(ip)) }
+        if self.permits(ip) {
+            Ok(())
+        } else {
+            Err(Blocked(ip))
+        }
     }
 }
 
@@ -84,11 +92,18 @@ impl Resolve for GuardedResolver {
         let guard = self.0.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let permitted: Vec<SocketAddr> = resolved.iter().copied().filter(|a| guard.permits(a.ip())).collect();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let permitted: Vec<SocketAddr> = resolved
+                .iter()
+                .copied()
+                .filter(|a| guard.permits(a.ip()))
+                .collect();
             match (permitted.is_empty(), resolved.first()) {
                 (false, _) => Ok(Box::new(permitted.into_iter()) as Addrs),
-                (true, Some(refused)) => Err(Box::new(Blocked(refused.ip())) as Box<dyn std::error::Error + Send + Sync>),
+                (true, Some(refused)) => {
+                    Err(Box::new(Blocked(refused.ip())) as Box<dyn std::error::Error + Send + Sync>)
+                }
                 (true, None) => Err(format!("{host} has no addresses").into()),
             }
         })
@@ -116,9 +131,22 @@ mod tests {
     #[test]
     fn private_and_special_addresses_are_refused_by_default() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "100.64.0.1",
-            "169.254.169.254", "0.0.0.0", "::1", "fc00::1", "fd12::1", "fe80::1", "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1", "64:ff9b::a00:1", "224.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "::1",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "224.0.0.1",
         ] {
             let ip: IpAddr = ip.parse().expect("an ip");
             assert!(!guard().permits(ip), "{ip} should be refused");
@@ -127,7 +155,12 @@ mod tests {
 
     #[test]
     fn public_addresses_are_permitted() {
-        for ip in ["93.184.216.34", "8.8.8.8", "2606:2800:220:1:248:1893:25c8:1946", "172.32.0.1"] {
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:2800:220:1:248:1893:25c8:1946",
+            "172.32.0.1",
+        ] {
             let ip: IpAddr = ip.parse().expect("an ip");
             assert!(guard().permits(ip), "{ip} should be permitted");
         }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderMap, HeaderValue};
 
 use super::guard::{Blocked, Guard, literal_ip};
+use crate::signing;
 use crate::store::deliveries::{AttemptRecord, Target};
 use crate::store::now_micros;
-use crate::signing;
 
 /// What came back, if anything did.
 #[derive(Debug, Clone)]
@@ -36,7 +36,8 @@ pub async fn attempt(
     // A GET carries no body; its signature covers the empty body.
     let sent_body: &[u8] = if target.method == "get" { b"" } else { body };
     let secrets: Vec<&str> = target.secrets.iter().map(String::as_str).collect();
-    let signature = signing::signature_header(&secrets, webhook_id, timestamp, sent_body).unwrap_or_default();
+    let signature =
+        signing::signature_header(&secrets, webhook_id, timestamp, sent_body).unwrap_or_default();
     let mut request_headers = vec![
         ("content-type".to_owned(), "application/json".to_owned()),
         ("user-agent".to_owned(), USER_AGENT.to_owned()),
@@ -59,7 +60,15 @@ pub async fn attempt(
         error_detail: None,
         succeeded: false,
     };
-    let result = send(client, guard, target, &request_headers, sent_body, max_response_bytes).await;
+    let result = send(
+        client,
+        guard,
+        target,
+        &request_headers,
+        sent_body,
+        max_response_bytes,
+    )
+    .await;
     record.duration_us = clock.elapsed().as_micros().min(i64::MAX as u128) as i64;
     match result {
         Ok(response) => {
@@ -68,10 +77,15 @@ pub async fn attempt(
             record.response_body = Some(String::from_utf8_lossy(&response.body).into_owned());
             if response.truncated {
                 record.error_code = Some("body-too-large");
-                record.error_detail = Some(format!("the response body was cut at {max_response_bytes} bytes"));
+                record.error_detail = Some(format!(
+                    "the response body was cut at {max_response_bytes} bytes"
+                ));
             }
             record.succeeded = (200..300).contains(&response.status);
-            let answer = Answer { status: response.status, retry_after: response.retry_after };
+            let answer = Answer {
+                status: response.status,
+                retry_after: response.retry_after,
+            };
             (record, Some(answer))
         }
         Err((code, detail)) => {
@@ -125,7 +139,12 @@ async fn send(
     let response_headers: Vec<(String, String)> = response
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let retry_after = response
         .headers()
@@ -150,7 +169,13 @@ async fn send(
             Err(_) => break,
         }
     }
-    Ok(Response { status, headers: response_headers, body: collected, truncated, retry_after })
+    Ok(Response {
+        status,
+        headers: response_headers,
+        body: collected,
+        truncated,
+        retry_after,
+    })
 }
 
 /// `Retry-After`: seconds, or an HTTP date.
@@ -198,7 +223,10 @@ fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
     if e.downcast_ref::<rustls::Error>().is_some() {
         return true;
     }
-    match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+    match e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
         Some(inner) => is_tls(inner),
         None => false,
     }
@@ -206,7 +234,11 @@ fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// The HTTP client deliveries use: no redirects, no proxies, the guarded resolver, the
 /// configured timeouts, and rustls with the ring provider.
-pub fn client(guard: std::sync::Arc<Guard>, connect_timeout: Duration, timeout: Duration) -> reqwest::Client {
+pub fn client(
+    guard: std::sync::Arc<Guard>,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -219,4 +251,3 @@ pub fn client(guard: std::sync::Arc<Guard>, connect_timeout: Duration, timeout: 
         .build()
         .expect("the HTTP client builds with a default TLS provider installed")
 }
-

@@ -100,7 +100,11 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(db: Db, config: DispatchConfig) -> Dispatcher {
         let guard = Arc::new(Guard::new(config.allow.clone()));
-        let client = http::client(guard.clone(), config.connect_timeout, config.request_timeout);
+        let client = http::client(
+            guard.clone(),
+            config.connect_timeout,
+            config.request_timeout,
+        );
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         Dispatcher {
             wake: db.wake_handle(),
@@ -172,7 +176,10 @@ impl Dispatcher {
         }
         let unfinished: Vec<Claimed> = claimed_in_flight.into_values().collect();
         if !unfinished.is_empty() {
-            tracing::warn!(count = unfinished.len(), "releasing deliveries still in flight");
+            tracing::warn!(
+                count = unfinished.len(),
+                "releasing deliveries still in flight"
+            );
             self.db.release(&unfinished).await?;
         }
         if let Some(listener) = listener {
@@ -223,7 +230,10 @@ impl Dispatcher {
                 .collect()
         };
         let lease = self.config.lease.as_micros() as i64;
-        let batch = self.db.claim_due(self.config.batch_size.min(free), lease, &saturated).await?;
+        let batch = self
+            .db
+            .claim_due(self.config.batch_size.min(free), lease, &saturated)
+            .await?;
         let (mut keep, mut excess) = (Vec::new(), Vec::new());
         {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -281,7 +291,14 @@ impl Dispatcher {
         )
         .await;
         let attempt = (claimed.attempts + 1) as u32;
-        let (next, health) = decide(&self.config.schedule, claimed, attempt, record.succeeded, answer.as_ref(), rand::random());
+        let (next, health) = decide(
+            &self.config.schedule,
+            claimed,
+            attempt,
+            record.succeeded,
+            answer.as_ref(),
+            rand::random(),
+        );
         let outcome = match &next {
             Next::Succeeded => "succeeded",
             Next::RetryAt(_) => "retrying",
@@ -289,7 +306,10 @@ impl Dispatcher {
         };
         tracing::Span::current().record("outcome", outcome);
         let disable_after = self.config.disable_after.as_micros() as i64;
-        let kept = self.db.record_attempt(claimed, &record, &next, &health, disable_after).await?;
+        let kept = self
+            .db
+            .record_attempt(claimed, &record, &next, &health, disable_after)
+            .await?;
         if kept {
             tracing::info!(status = ?record.response_status, error = record.error_code, "delivery attempt recorded");
         } else {
@@ -339,15 +359,19 @@ pub fn decide(
     }
     let status = answer.map(|a| a.status);
     if status == Some(410) {
-        return (Next::GiveUp, Health::Disable("the receiver answered 410 Gone".to_owned()));
+        return (
+            Next::GiveUp,
+            Health::Disable("the receiver answered 410 Gone".to_owned()),
+        );
     }
     let retry_after = answer
         .filter(|a| matches!(a.status, 429 | 503))
         .and_then(|a| a.retry_after);
-    let next = match schedule.next_attempt(attempt, claimed.created_at, now_micros(), retry_after, unit) {
-        Some(at) => Next::RetryAt(at),
-        None => Next::GiveUp,
-    };
+    let next =
+        match schedule.next_attempt(attempt, claimed.created_at, now_micros(), retry_after, unit) {
+            Some(at) => Next::RetryAt(at),
+            None => Next::GiveUp,
+        };
     (next, Health::Failing)
 }
 

@@ -74,7 +74,8 @@ impl RetrySchedule {
             None => self.delay(attempt, unit),
         };
         let next = now_us.saturating_add(delay.as_micros().min(i64::MAX as u128) as i64);
-        let deadline = created_us.saturating_add(self.max_age.as_micros().min(i64::MAX as u128) as i64);
+        let deadline =
+            created_us.saturating_add(self.max_age.as_micros().min(i64::MAX as u128) as i64);
         (next <= deadline).then_some(next)
     }
 
@@ -95,9 +96,16 @@ mod tests {
         assert_eq!(delays.len(), 15, "16 attempts: the first and 15 retries");
         assert_eq!(delays[0], Duration::from_secs(5));
         assert_eq!(delays[1], Duration::from_secs(15));
-        assert_eq!(delays[14], Duration::from_secs(24 * 3600), "capped at a day");
+        assert_eq!(
+            delays[14],
+            Duration::from_secs(24 * 3600),
+            "capped at a day"
+        );
         let total: Duration = delays.iter().sum();
-        assert!(total > Duration::from_secs(6 * 24 * 3600) && total < s.max_age, "{total:?}");
+        assert!(
+            total > Duration::from_secs(6 * 24 * 3600) && total < s.max_age,
+            "{total:?}"
+        );
     }
 
     #[test]
@@ -120,7 +128,13 @@ mod tests {
     #[test]
     fn retry_after_replaces_the_delay_within_bounds() {
         let s = RetrySchedule::default();
-        assert_eq!(s.next_attempt(1, 0, 0, Some(Duration::from_secs(120)), 0.5), Some(120_000_000));
-        assert_eq!(s.next_attempt(1, 0, 0, Some(Duration::from_secs(86_400)), 0.5), Some(3_600_000_000));
+        assert_eq!(
+            s.next_attempt(1, 0, 0, Some(Duration::from_secs(120)), 0.5),
+            Some(120_000_000)
+        );
+        assert_eq!(
+            s.next_attempt(1, 0, 0, Some(Duration::from_secs(86_400)), 0.5),
+            Some(3_600_000_000)
+        );
     }
 }

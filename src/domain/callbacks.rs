@@ -63,11 +63,16 @@ impl CallbackUrl {
         if raw.len() > MAX_URL {
             return Err(bad(&format!("must be at most {MAX_URL} characters")));
         }
-        let url = url::Url::parse(raw).map_err(|e| bad(&format!("is not an absolute URL ({e})")))?;
+        let url =
+            url::Url::parse(raw).map_err(|e| bad(&format!("is not an absolute URL ({e})")))?;
         match url.scheme() {
             "https" => {}
             "http" if !require_https => {}
-            "http" => return Err(bad("must use https (this server refuses plain http callbacks)")),
+            "http" => {
+                return Err(bad(
+                    "must use https (this server refuses plain http callbacks)",
+                ));
+            }
             _ => return Err(bad("must be an http or https URL")),
         }
         if url.host_str().is_none_or(str::is_empty) {
@@ -105,14 +110,22 @@ pub struct CallbackChanges {
 /// Event types look like `debit.created` (lower case words joined by dots).
 fn event_types(types: Vec<String>) -> Result<Vec<String>, InputError> {
     if types.len() > MAX_EVENT_TYPES {
-        return Err(InputError::new("event_types", format!("must list at most {MAX_EVENT_TYPES} types")));
+        return Err(InputError::new(
+            "event_types",
+            format!("must list at most {MAX_EVENT_TYPES} types"),
+        ));
     }
     for t in &types {
         let well_formed = t.len() <= MAX_EVENT_TYPE
             && t.split('.').count() >= 2
-            && t.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            && t.split('.').all(|part| {
+                !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            });
         if !well_formed {
-            return Err(InputError::new("event_types", format!("\"{t}\" is not an event type like \"debit.created\"")));
+            return Err(InputError::new(
+                "event_types",
+                format!("\"{t}\" is not an event type like \"debit.created\""),
+            ));
         }
     }
     let mut types = types;
@@ -123,15 +136,21 @@ fn event_types(types: Vec<String>) -> Result<Vec<String>, InputError> {
 
 impl CreateCallback {
     pub fn validate(self, require_https: bool) -> Result<NewCallback, InputError> {
-        let url = self.url.ok_or_else(|| InputError::new("url", "is required"))?;
+        let url = self
+            .url
+            .ok_or_else(|| InputError::new("url", "is required"))?;
         let method = match self.method {
             None => Method::Post,
-            Some(m) => Method::parse(&m)
-                .ok_or_else(|| InputError::new("method", format!("\"{m}\" must be post, put or get")))?,
+            Some(m) => Method::parse(&m).ok_or_else(|| {
+                InputError::new("method", format!("\"{m}\" must be post, put or get"))
+            })?,
         };
         let revision = self.revision.unwrap_or_else(|| "1.1".to_owned());
         if revision != "1.1" {
-            return Err(InputError::new("revision", format!("\"{revision}\" is not supported; use \"1.1\"")));
+            return Err(InputError::new(
+                "revision",
+                format!("\"{revision}\" is not supported; use \"1.1\""),
+            ));
         }
         Ok(NewCallback {
             url: CallbackUrl::parse(&url, require_https)?,
@@ -160,7 +179,13 @@ mod tests {
     fn callback_urls_must_be_absolute_http_without_credentials() {
         assert!(CallbackUrl::parse("https://example.com/hooks", true).is_ok());
         assert!(CallbackUrl::parse("http://example.com/hooks", false).is_ok());
-        for bad in ["/relative", "ftp://example.com/", "https://user:pw@example.com/", "https://example.com/#x", "mailto:a@b.c"] {
+        for bad in [
+            "/relative",
+            "ftp://example.com/",
+            "https://user:pw@example.com/",
+            "https://example.com/#x",
+            "mailto:a@b.c",
+        ] {
             let err = CallbackUrl::parse(bad, false).expect_err(bad);
             assert_eq!(err.field, "url");
         }
@@ -171,7 +196,11 @@ mod tests {
     #[test]
     fn event_type_filters_are_well_formed_and_deduplicated() {
         assert_eq!(
-            event_types(vec!["debit.created".into(), "debit.created".into(), "order.updated".into()]),
+            event_types(vec![
+                "debit.created".into(),
+                "debit.created".into(),
+                "order.updated".into()
+            ]),
             Ok(vec!["debit.created".to_owned(), "order.updated".to_owned()])
         );
         assert!(event_types(vec!["Debit".into()]).is_err());

@@ -36,11 +36,16 @@ async fn decode(tx: &mut Tx, row: &AnyRow) -> Result<CallbackRow, StoreError> {
 }
 
 async fn event_types(tx: &mut Tx, id: &str) -> Result<Vec<String>, StoreError> {
-    let rows = sqlx::query("SELECT event_type FROM callback_event_types WHERE callback_id = $1 ORDER BY event_type")
-        .bind(id)
-        .fetch_all(&mut **tx)
-        .await?;
-    Ok(rows.iter().map(|r| r.try_get("event_type")).collect::<Result<_, _>>()?)
+    let rows = sqlx::query(
+        "SELECT event_type FROM callback_event_types WHERE callback_id = $1 ORDER BY event_type",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get("event_type"))
+        .collect::<Result<_, _>>()?)
 }
 
 async fn set_event_types(tx: &mut Tx, id: &str, types: &[String]) -> Result<(), StoreError> {
@@ -70,13 +75,20 @@ async fn fetch(tx: &mut Tx, scope: &Scope, id: &str) -> Result<CallbackRow, Stor
     .await?;
     match row {
         Some(row) => decode(tx, &row).await,
-        None => Err(StoreError::NotFound { kind: "callback", id: id.to_owned() }),
+        None => Err(StoreError::NotFound {
+            kind: "callback",
+            id: id.to_owned(),
+        }),
     }
 }
 
 impl Db {
     /// Registers a callback; returns it with its signing secret (shown only now).
-    pub async fn create_callback(&self, marketplace: &str, new: NewCallback) -> Result<(CallbackRow, String), StoreError> {
+    pub async fn create_callback(
+        &self,
+        marketplace: &str,
+        new: NewCallback,
+    ) -> Result<(CallbackRow, String), StoreError> {
         let mut tx = self.begin().await?;
         let id = ids::new_id(CALLBACK);
         let secret = signing::generate_secret();
@@ -117,14 +129,22 @@ impl Db {
         fetch(&mut tx, scope, id).await
     }
 
-    pub async fn callbacks(&self, scope: &Scope, page: &Page) -> Result<PageOf<CallbackRow>, StoreError> {
+    pub async fn callbacks(
+        &self,
+        scope: &Scope,
+        page: &Page,
+    ) -> Result<PageOf<CallbackRow>, StoreError> {
         let mut filters = vec![];
         if let Some(m) = scope.marketplace() {
             filters.push(("marketplace_id", m.to_owned()));
         }
         let page = self
             .list(
-                concat!("SELECT ", callback_columns!(), " FROM callbacks WHERE deleted_at IS NULL"),
+                concat!(
+                    "SELECT ",
+                    callback_columns!(),
+                    " FROM callbacks WHERE deleted_at IS NULL"
+                ),
                 filters,
                 page,
                 |r| r.try_get::<String, _>("id"),
@@ -135,12 +155,20 @@ impl Db {
         for id in page.items {
             items.push(fetch(&mut tx, &Scope::All, &id).await?);
         }
-        Ok(PageOf { items, more: page.more })
+        Ok(PageOf {
+            items,
+            more: page.more,
+        })
     }
 
     /// Turns a callback on or off, or changes its filter. Turning it on clears why it was
     /// turned off and its run of failures.
-    pub async fn update_callback(&self, scope: &Scope, id: &str, changes: CallbackChanges) -> Result<CallbackRow, StoreError> {
+    pub async fn update_callback(
+        &self,
+        scope: &Scope,
+        id: &str,
+        changes: CallbackChanges,
+    ) -> Result<CallbackRow, StoreError> {
         let mut tx = self.begin().await?;
         let current = fetch(&mut tx, scope, id).await?;
         let now = now_micros();
@@ -175,11 +203,13 @@ impl Db {
         let mut tx = self.begin().await?;
         let current = fetch(&mut tx, scope, id).await?;
         let now = now_micros();
-        sqlx::query("UPDATE callbacks SET deleted_at = $1, enabled = FALSE, updated_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(&current.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE callbacks SET deleted_at = $1, enabled = FALSE, updated_at = $1 WHERE id = $2",
+        )
+        .bind(now)
+        .bind(&current.id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, updated_at = $1 \
              WHERE callback_id = $2 AND status IN ('pending', 'retrying')",
@@ -193,7 +223,12 @@ impl Db {
     }
 
     /// A new signing secret; the old one keeps signing beside it for `grace_us`.
-    pub async fn rotate_callback_secret(&self, scope: &Scope, id: &str, grace_us: i64) -> Result<(CallbackRow, String), StoreError> {
+    pub async fn rotate_callback_secret(
+        &self,
+        scope: &Scope,
+        id: &str,
+        grace_us: i64,
+    ) -> Result<(CallbackRow, String), StoreError> {
         let mut tx = self.begin().await?;
         let current = fetch(&mut tx, scope, id).await?;
         let now = now_micros();

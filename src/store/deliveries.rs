@@ -83,7 +83,12 @@ const CLAIM_POSTGRES: &str = "UPDATE deliveries SET lease_token = $1, lease_expi
 impl Db {
     /// Claims up to `limit` due deliveries for `lease_us`, skipping those of the callbacks
     /// in `exclude` (already at their concurrency cap in this dispatcher).
-    pub async fn claim_due(&self, limit: i64, lease_us: i64, exclude: &[String]) -> Result<Vec<Claimed>, StoreError> {
+    pub async fn claim_due(
+        &self,
+        limit: i64,
+        lease_us: i64,
+        exclude: &[String],
+    ) -> Result<Vec<Claimed>, StoreError> {
         let now = now_micros();
         let token = crate::domain::ids::new_id("LS");
         let template = match self.backend {
@@ -264,7 +269,10 @@ impl Db {
     }
 
     /// Each event's deliveries counted by state.
-    pub async fn callback_statuses(&self, event_ids: &[&str]) -> Result<HashMap<String, CallbackStatuses>, StoreError> {
+    pub async fn callback_statuses(
+        &self,
+        event_ids: &[&str],
+    ) -> Result<HashMap<String, CallbackStatuses>, StoreError> {
         let mut counts: HashMap<String, CallbackStatuses> = HashMap::new();
         if event_ids.is_empty() {
             return Ok(counts);

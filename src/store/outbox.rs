@@ -35,7 +35,10 @@ pub struct NewEvent<'a> {
 /// nothing was sent. On PostgreSQL the commit also wakes the dispatchers (a trigger
 /// NOTIFYs); elsewhere they find the work on their next poll, or at once if you call
 /// [`crate::dispatch::Dispatcher::wake`].
-pub async fn enqueue<DB>(conn: &mut DB::Connection, event: NewEvent<'_>) -> Result<String, sqlx::Error>
+pub async fn enqueue<DB>(
+    conn: &mut DB::Connection,
+    event: NewEvent<'_>,
+) -> Result<String, sqlx::Error>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,

@@ -1332,8 +1332,9 @@ async fn a_body_over_the_size_limit_is_refused_in_the_envelope(app: TestApp) {
             .json(&big),
     )
     .await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_envelope("an oversized body", status, &body);
+    assert!(body["errors"][0]["extras"].get("body").is_some(), "{body}");
     assert_eq!(rows(&app).await, rows_before);
     assert_eq!(app.escrow(&w.order).await, (10_000, 8_000));
 }

@@ -39,7 +39,10 @@ async fn register(app: &TestApp, body: Value) -> (String, String) {
     let (status, body) = app.post("/callbacks", body).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let cb = &body["callbacks"][0];
-    (cb["id"].as_str().expect("id").to_owned(), cb["secret"].as_str().expect("secret").to_owned())
+    (
+        cb["id"].as_str().expect("id").to_owned(),
+        cb["secret"].as_str().expect("secret").to_owned(),
+    )
 }
 
 /// Runs the dispatcher step by step until no delivery is pending or retrying.
@@ -48,17 +51,30 @@ async fn deliver_all(app: &TestApp, dispatcher: &Dispatcher) {
     loop {
         let attempted = dispatcher.run_once().await.expect("a dispatch step");
         if attempted == 0 {
-            if count(app, "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'retrying')").await == 0 {
+            if count(
+                app,
+                "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'retrying')",
+            )
+            .await
+                == 0
+            {
                 return;
             }
-            assert!(Instant::now() < deadline, "deliveries still unfinished after 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "deliveries still unfinished after 20 s"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
 
 async fn count(app: &TestApp, sql: &'static str) -> i64 {
-    sqlx::query(sql).fetch_one(app.db.reader()).await.expect("count").get::<i64, _>(0)
+    sqlx::query(sql)
+        .fetch_one(app.db.reader())
+        .await
+        .expect("count")
+        .get::<i64, _>(0)
 }
 
 /// `(attempt, response_status, error_code, succeeded)` of every attempt, in order.
@@ -73,46 +89,90 @@ async fn attempts(app: &TestApp) -> Vec<(i64, Option<i64>, Option<String>, bool)
 }
 
 async fn callbacks_are_created_shown_listed_and_deleted(app: TestApp) {
-    let (status, body) = app.post("/callbacks", json!({ "url": "https://example.com/hooks" })).await;
+    let (status, body) = app
+        .post("/callbacks", json!({ "url": "https://example.com/hooks" }))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let cb = &body["callbacks"][0];
     assert_eq!(cb["method"], "post");
     assert_eq!(cb["revision"], "1.1");
     assert_eq!(cb["enabled"], true);
     assert_eq!(cb["event_types"], json!([]));
-    assert!(cb["secret"].as_str().unwrap_or_default().starts_with("whsec_"), "{cb}");
+    assert!(
+        cb["secret"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("whsec_"),
+        "{cb}"
+    );
     let id = cb["id"].as_str().expect("id").to_owned();
     assert!(id.starts_with("CB"));
 
     let (_, shown) = app.get(&format!("/callbacks/{id}")).await;
-    assert!(shown["callbacks"][0].get("secret").is_none(), "the secret is shown only at creation");
-    let (status, dup) = app.post("/callbacks", json!({ "url": "https://example.com/hooks" })).await;
+    assert!(
+        shown["callbacks"][0].get("secret").is_none(),
+        "the secret is shown only at creation"
+    );
+    let (status, dup) = app
+        .post("/callbacks", json!({ "url": "https://example.com/hooks" }))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{dup}");
     assert_eq!(error(&dup)["category_code"], "duplicate-webhook-url");
-    let (status, _) = app.post("/callbacks", json!({ "url": "https://example.com/hooks", "method": "put" })).await;
-    assert_eq!(status, StatusCode::CREATED, "another method is another callback");
+    let (status, _) = app
+        .post(
+            "/callbacks",
+            json!({ "url": "https://example.com/hooks", "method": "put" }),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "another method is another callback"
+    );
     let (_, list) = app.get("/callbacks").await;
     assert_eq!(list["callbacks"].as_array().map(Vec::len), Some(2));
 
     for (body, field) in [
         (json!({ "url": "/relative" }), "url"),
         (json!({ "url": "ftp://example.com/" }), "url"),
-        (json!({ "url": "https://example.com/", "method": "patch" }), "method"),
-        (json!({ "url": "https://example.com/", "revision": "1.0" }), "revision"),
-        (json!({ "url": "https://example.com/", "event_types": ["Debit Created"] }), "event_types"),
+        (
+            json!({ "url": "https://example.com/", "method": "patch" }),
+            "method",
+        ),
+        (
+            json!({ "url": "https://example.com/", "revision": "1.0" }),
+            "revision",
+        ),
+        (
+            json!({ "url": "https://example.com/", "event_types": ["Debit Created"] }),
+            "event_types",
+        ),
     ] {
         let (status, err) = app.post("/callbacks", body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
         assert!(error(&err)["extras"].get(field).is_some(), "{err}");
     }
 
-    let response = app.request(Method::DELETE, &format!("/callbacks/{id}")).send().await.expect("delete");
+    let response = app
+        .request(Method::DELETE, &format!("/callbacks/{id}"))
+        .send()
+        .await
+        .expect("delete");
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    assert!(response.bytes().await.expect("body").is_empty(), "204 has no body");
+    assert!(
+        response.bytes().await.expect("body").is_empty(),
+        "204 has no body"
+    );
     let (status, _) = app.get(&format!("/callbacks/{id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = app.post("/callbacks", json!({ "url": "https://example.com/hooks" })).await;
-    assert_eq!(status, StatusCode::CREATED, "a deleted callback's url can be registered again");
+    let (status, _) = app
+        .post("/callbacks", json!({ "url": "https://example.com/hooks" }))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "a deleted callback's url can be registered again"
+    );
 }
 
 async fn each_event_reaches_every_matching_callback_signed(app: TestApp) {
@@ -120,8 +180,16 @@ async fn each_event_reaches_every_matching_callback_signed(app: TestApp) {
     let mut all = Receiver::start(Answer::Status(200)).await;
     let mut some = Receiver::start(Answer::Status(204)).await;
     let (_, all_secret) = register(&app, json!({ "url": all.url })).await;
-    let (_, some_secret) = register(&app, json!({ "url": some.url, "event_types": ["debit.succeeded"] })).await;
-    let (_, off_secret) = register(&app, json!({ "url": format!("{}/off", all.url), "enabled": false })).await;
+    let (_, some_secret) = register(
+        &app,
+        json!({ "url": some.url, "event_types": ["debit.succeeded"] }),
+    )
+    .await;
+    let (_, off_secret) = register(
+        &app,
+        json!({ "url": format!("{}/off", all.url), "enabled": false }),
+    )
+    .await;
     assert_ne!(all_secret, off_secret);
 
     let debit = app.debit(&order, CARD, 700).await;
@@ -129,28 +197,72 @@ async fn each_event_reaches_every_matching_callback_signed(app: TestApp) {
     deliver_all(&app, &dispatcher).await;
 
     let got = all.drain();
-    let types: Vec<String> = got.iter().map(|r| r.json()["events"][0]["type"].as_str().unwrap_or_default().to_owned()).collect();
+    let types: Vec<String> = got
+        .iter()
+        .map(|r| {
+            r.json()["events"][0]["type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
     assert_eq!(types.len(), 4, "{types:?}");
-    for t in ["debit.created", "debit.updated", "debit.succeeded", "order.updated"] {
+    for t in [
+        "debit.created",
+        "debit.updated",
+        "debit.succeeded",
+        "order.updated",
+    ] {
         assert!(types.iter().any(|x| x == t), "{t} missing from {types:?}");
     }
     let filtered = some.drain();
     assert_eq!(filtered.len(), 1);
     assert_eq!(filtered[0].json()["events"][0]["type"], "debit.succeeded");
 
-    for (request, secret) in got.iter().map(|r| (r, &all_secret)).chain(filtered.iter().map(|r| (r, &some_secret))) {
+    for (request, secret) in got
+        .iter()
+        .map(|r| (r, &all_secret))
+        .chain(filtered.iter().map(|r| (r, &some_secret)))
+    {
         assert_eq!(request.method, Method::POST);
         let now = chrono::Utc::now().timestamp();
-        signing::verify(secret, request.header("webhook-id"), request.header("webhook-timestamp"), request.header("webhook-signature"), &request.body, now)
-            .expect("the signature verifies with the callback's secret");
+        signing::verify(
+            secret,
+            request.header("webhook-id"),
+            request.header("webhook-timestamp"),
+            request.header("webhook-signature"),
+            &request.body,
+            now,
+        )
+        .expect("the signature verifies with the callback's secret");
         let event = &request.json()["events"][0];
-        let (_, shown) = app.get(&format!("/events/{}", event["id"].as_str().expect("id"))).await;
-        assert_eq!(shown["events"][0]["entity"], event["entity"], "the body is the event as GET shows it");
-        assert_eq!(request.header("webhook-id"), format!("{}_{}", event["id"].as_str().unwrap_or_default(), request_callback(&app, request).await));
+        let (_, shown) = app
+            .get(&format!("/events/{}", event["id"].as_str().expect("id")))
+            .await;
+        assert_eq!(
+            shown["events"][0]["entity"], event["entity"],
+            "the body is the event as GET shows it"
+        );
+        assert_eq!(
+            request.header("webhook-id"),
+            format!(
+                "{}_{}",
+                event["id"].as_str().unwrap_or_default(),
+                request_callback(&app, request).await
+            )
+        );
     }
     let (_, events) = app.get(&format!("/debits/{debit}/events")).await;
-    let succeeded = events["events"].as_array().expect("events").iter().find(|e| e["type"] == "debit.succeeded").expect("event");
-    assert_eq!(succeeded["callback_statuses"], json!({ "pending": 0, "retrying": 0, "succeeded": 2, "failed": 0 }));
+    let succeeded = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["type"] == "debit.succeeded")
+        .expect("event");
+    assert_eq!(
+        succeeded["callback_statuses"],
+        json!({ "pending": 0, "retrying": 0, "succeeded": 2, "failed": 0 })
+    );
 }
 
 /// The callback a request was sent for, from its delivery record.
@@ -164,38 +276,81 @@ async fn request_callback(app: &TestApp, request: &crate::receiver::Received) ->
 }
 
 async fn failed_attempts_are_retried_and_every_attempt_is_recorded(app: TestApp) {
-    let mut receiver = Receiver::scripted(vec![Answer::Status(500), Answer::Status(502)], Answer::Status(200)).await;
-    register(&app, json!({ "url": receiver.url, "event_types": ["order.created"] })).await;
+    let mut receiver = Receiver::scripted(
+        vec![Answer::Status(500), Answer::Status(502)],
+        Answer::Status(200),
+    )
+    .await;
+    register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
     app.order().await;
     deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
 
     assert_eq!(
         attempts(&app).await,
-        [(1, Some(500), None, false), (2, Some(502), None, false), (3, Some(200), None, true)]
+        [
+            (1, Some(500), None, false),
+            (2, Some(502), None, false),
+            (3, Some(200), None, true)
+        ]
     );
     let got = receiver.drain();
     assert_eq!(got.len(), 3);
-    assert!(got.iter().all(|r| r.header("webhook-id") == got[0].header("webhook-id")), "one webhook-id on every retry");
-    let row = sqlx::query("SELECT request_headers, request_body, duration_us FROM attempts WHERE attempt = 3")
-        .fetch_one(app.db.reader())
-        .await
-        .expect("attempt 3");
-    let headers: Value = serde_json::from_str(row.get::<String, _>("request_headers").as_str()).expect("json");
+    assert!(
+        got.iter()
+            .all(|r| r.header("webhook-id") == got[0].header("webhook-id")),
+        "one webhook-id on every retry"
+    );
+    let row = sqlx::query(
+        "SELECT request_headers, request_body, duration_us FROM attempts WHERE attempt = 3",
+    )
+    .fetch_one(app.db.reader())
+    .await
+    .expect("attempt 3");
+    let headers: Value =
+        serde_json::from_str(row.get::<String, _>("request_headers").as_str()).expect("json");
     assert_eq!(headers["webhook-id"], got[0].header("webhook-id"));
-    assert!(headers["webhook-signature"].as_str().unwrap_or_default().starts_with("v1,"));
-    let body: Value = serde_json::from_str(row.get::<String, _>("request_body").as_str()).expect("json body");
+    assert!(
+        headers["webhook-signature"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("v1,")
+    );
+    let body: Value =
+        serde_json::from_str(row.get::<String, _>("request_body").as_str()).expect("json body");
     assert_eq!(body["events"][0]["type"], "order.created");
     assert!(row.get::<i64, _>("duration_us") > 0);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded' AND attempts = 3").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded' AND attempts = 3"
+        )
+        .await,
+        1
+    );
 }
 
 async fn after_the_last_attempt_the_delivery_is_failed(app: TestApp) {
     let _receiver = Receiver::start(Answer::Status(500)).await;
-    register(&app, json!({ "url": _receiver.url, "event_types": ["order.created"] })).await;
+    register(
+        &app,
+        json!({ "url": _receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
     let order = app.order().await;
     deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
     assert_eq!(attempts(&app).await.len(), 4, "max_attempts");
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM deliveries WHERE status = 'failed' AND next_attempt_at IS NULL").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'failed' AND next_attempt_at IS NULL"
+        )
+        .await,
+        1
+    );
     let (_, events) = app.get(&format!("/orders/{order}/events")).await;
     assert_eq!(events["events"][0]["callback_statuses"]["failed"], 1);
 }
@@ -208,50 +363,117 @@ async fn gone_disables_the_callback_and_keeps_the_reason(app: TestApp) {
     assert_eq!(attempts(&app).await.len(), 1, "410 is not retried");
     let (_, cb) = app.get(&format!("/callbacks/{id}")).await;
     assert_eq!(cb["callbacks"][0]["enabled"], false);
-    assert!(cb["callbacks"][0]["disabled_reason"].as_str().unwrap_or_default().contains("410"), "{cb}");
+    assert!(
+        cb["callbacks"][0]["disabled_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("410"),
+        "{cb}"
+    );
     app.order().await;
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM deliveries").await, 1, "a disabled callback gets no new deliveries");
-    let (status, cb) = app.put(&format!("/callbacks/{id}"), json!({ "enabled": true })).await;
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM deliveries").await,
+        1,
+        "a disabled callback gets no new deliveries"
+    );
+    let (status, cb) = app
+        .put(&format!("/callbacks/{id}"), json!({ "enabled": true }))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert!(cb["callbacks"][0]["disabled_reason"].is_null());
 }
 
 async fn redirects_are_failures_and_never_followed(app: TestApp) {
     let mut elsewhere = Receiver::start(Answer::Status(200)).await;
-    let receiver = Receiver::start(Answer::WithHeaders(302, vec![("location", elsewhere.url.clone())])).await;
-    register(&app, json!({ "url": receiver.url, "event_types": ["order.created"] })).await;
+    let receiver = Receiver::start(Answer::WithHeaders(
+        302,
+        vec![("location", elsewhere.url.clone())],
+    ))
+    .await;
+    register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
     app.order().await;
     deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
-    assert!(attempts(&app).await.iter().all(|a| a.1 == Some(302) && !a.3));
-    assert!(elsewhere.drain().is_empty(), "the redirect was not followed");
+    assert!(
+        attempts(&app)
+            .await
+            .iter()
+            .all(|a| a.1 == Some(302) && !a.3)
+    );
+    assert!(
+        elsewhere.drain().is_empty(),
+        "the redirect was not followed"
+    );
 }
 
 async fn retry_after_on_429_sets_the_next_attempt(app: TestApp) {
-    let receiver = Receiver::start(Answer::WithHeaders(429, vec![("retry-after", "3".into())])).await;
-    register(&app, json!({ "url": receiver.url, "event_types": ["order.created"] })).await;
+    let receiver =
+        Receiver::start(Answer::WithHeaders(429, vec![("retry-after", "3".into())])).await;
+    register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
     app.order().await;
     let dispatcher = Dispatcher::new(app.db.clone(), fast());
     assert_eq!(dispatcher.run_once().await.expect("a step"), 1);
-    let row = sqlx::query("SELECT next_attempt_at, last_attempt_at FROM deliveries").fetch_one(app.db.reader()).await.expect("delivery");
+    let row = sqlx::query("SELECT next_attempt_at, last_attempt_at FROM deliveries")
+        .fetch_one(app.db.reader())
+        .await
+        .expect("delivery");
     let wait = row.get::<i64, _>("next_attempt_at") - row.get::<i64, _>("last_attempt_at");
-    assert!((2_900_000..=3_100_000).contains(&wait), "Retry-After: 3 honoured, not the 20 ms schedule: {wait} us");
+    assert!(
+        (2_900_000..=3_100_000).contains(&wait),
+        "Retry-After: 3 honoured, not the 20 ms schedule: {wait} us"
+    );
 }
 
 async fn refused_destinations_are_recorded_as_blocked(app: TestApp) {
     let mut receiver = Receiver::start(Answer::Status(200)).await;
-    let port = receiver.url.split(':').nth(2).and_then(|p| p.split('/').next()).expect("port").to_owned();
-    register(&app, json!({ "url": receiver.url, "event_types": ["order.created"] })).await;
+    let port = receiver
+        .url
+        .split(':')
+        .nth(2)
+        .and_then(|p| p.split('/').next())
+        .expect("port")
+        .to_owned();
+    register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
     register(&app, json!({ "url": format!("http://localhost:{port}/hooks"), "event_types": ["order.created"] })).await;
     register(&app, json!({ "url": "http://169.254.169.254/latest/meta-data", "event_types": ["order.created"] })).await;
-    register(&app, json!({ "url": "http://[::ffff:127.0.0.1]:9/x", "event_types": ["order.created"] })).await;
+    register(
+        &app,
+        json!({ "url": "http://[::ffff:127.0.0.1]:9/x", "event_types": ["order.created"] }),
+    )
+    .await;
     app.order().await;
     // No allow-list: the production default.
-    let config = DispatchConfig { allow: vec![], ..fast() };
-    Dispatcher::new(app.db.clone(), config).run_once().await.expect("a step");
+    let config = DispatchConfig {
+        allow: vec![],
+        ..fast()
+    };
+    Dispatcher::new(app.db.clone(), config)
+        .run_once()
+        .await
+        .expect("a step");
     let attempts = attempts(&app).await;
     assert_eq!(attempts.len(), 4);
-    assert!(attempts.iter().all(|a| a.2.as_deref() == Some("blocked") && a.1.is_none()), "{attempts:?}");
-    assert!(receiver.drain().is_empty(), "nothing reached the loopback receiver");
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.2.as_deref() == Some("blocked") && a.1.is_none()),
+        "{attempts:?}"
+    );
+    assert!(
+        receiver.drain().is_empty(),
+        "nothing reached the loopback receiver"
+    );
 }
 
 async fn attempts_without_an_answer_name_the_reason(app: TestApp) {
@@ -266,11 +488,22 @@ async fn attempts_without_an_answer_name_the_reason(app: TestApp) {
     let tls_to_plain = plain.url.replace("http://", "https://");
     let big = Receiver::start(Answer::Big(200_000)).await;
     for url in [&hang.url, &closed, &tls_to_plain, &big.url] {
-        register(&app, json!({ "url": url, "event_types": ["order.created"] })).await;
+        register(
+            &app,
+            json!({ "url": url, "event_types": ["order.created"] }),
+        )
+        .await;
     }
     app.order().await;
-    let config = DispatchConfig { request_timeout: Duration::from_millis(300), max_response_bytes: 1024, ..fast() };
-    Dispatcher::new(app.db.clone(), config).run_once().await.expect("a step");
+    let config = DispatchConfig {
+        request_timeout: Duration::from_millis(300),
+        max_response_bytes: 1024,
+        ..fast()
+    };
+    Dispatcher::new(app.db.clone(), config)
+        .run_once()
+        .await
+        .expect("a step");
     let rows = sqlx::query(
         "SELECT c.url, a.error_code, a.error_detail, a.response_status, a.response_body, CAST(a.succeeded AS INTEGER) AS succeeded FROM attempts a \
          JOIN deliveries d ON d.id = a.delivery_id JOIN callbacks c ON c.id = d.callback_id",
@@ -279,44 +512,97 @@ async fn attempts_without_an_answer_name_the_reason(app: TestApp) {
     .await
     .expect("attempts");
     let code_of = |url: &str| -> Option<String> {
-        rows.iter().find(|r| r.get::<String, _>("url") == url).and_then(|r| r.get("error_code"))
+        rows.iter()
+            .find(|r| r.get::<String, _>("url") == url)
+            .and_then(|r| r.get("error_code"))
     };
     assert_eq!(code_of(&hang.url).as_deref(), Some("timeout"));
     assert_eq!(code_of(&closed).as_deref(), Some("connect"));
     let detail_of = |url: &str| -> Option<String> {
-        rows.iter().find(|r| r.get::<String, _>("url") == url).and_then(|r| r.get("error_detail"))
+        rows.iter()
+            .find(|r| r.get::<String, _>("url") == url)
+            .and_then(|r| r.get("error_detail"))
     };
-    assert_eq!(code_of(&tls_to_plain).as_deref(), Some("tls"), "{:?}", detail_of(&tls_to_plain));
-    let big_row = rows.iter().find(|r| r.get::<String, _>("url") == big.url).expect("big");
-    assert_eq!(big_row.get::<Option<String>, _>("error_code").as_deref(), Some("body-too-large"));
-    assert_eq!(big_row.get::<Option<String>, _>("response_body").map(|b| b.len()), Some(1024), "read no further than the cap");
-    assert_eq!(big_row.get::<i64, _>("succeeded"), 1, "the 200 still counts");
+    assert_eq!(
+        code_of(&tls_to_plain).as_deref(),
+        Some("tls"),
+        "{:?}",
+        detail_of(&tls_to_plain)
+    );
+    let big_row = rows
+        .iter()
+        .find(|r| r.get::<String, _>("url") == big.url)
+        .expect("big");
+    assert_eq!(
+        big_row.get::<Option<String>, _>("error_code").as_deref(),
+        Some("body-too-large")
+    );
+    assert_eq!(
+        big_row
+            .get::<Option<String>, _>("response_body")
+            .map(|b| b.len()),
+        Some(1024),
+        "read no further than the cap"
+    );
+    assert_eq!(
+        big_row.get::<i64, _>("succeeded"),
+        1,
+        "the 200 still counts"
+    );
 }
 
 async fn a_rotated_secret_signs_beside_the_new_one(app: TestApp) {
     let mut receiver = Receiver::start(Answer::Status(200)).await;
-    let (id, old) = register(&app, json!({ "url": receiver.url, "event_types": ["order.created"] })).await;
-    let (status, body) = app.post(&format!("/callbacks/{id}/secret"), json!({})).await;
+    let (id, old) = register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    let (status, body) = app
+        .post(&format!("/callbacks/{id}/secret"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let new = body["callbacks"][0]["secret"].as_str().expect("the new secret").to_owned();
+    let new = body["callbacks"][0]["secret"]
+        .as_str()
+        .expect("the new secret")
+        .to_owned();
     assert_ne!(new, old);
     app.order().await;
     deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
     let request = receiver.drain().pop().expect("a delivery");
     let header = request.header("webhook-signature");
-    assert_eq!(header.split(' ').filter(|s| s.starts_with("v1,")).count(), 2, "{header}");
+    assert_eq!(
+        header.split(' ').filter(|s| s.starts_with("v1,")).count(),
+        2,
+        "{header}"
+    );
     let now = chrono::Utc::now().timestamp();
     for secret in [&old, &new] {
-        signing::verify(secret, request.header("webhook-id"), request.header("webhook-timestamp"), header, &request.body, now)
-            .expect("both secrets verify during the grace period");
+        signing::verify(
+            secret,
+            request.header("webhook-id"),
+            request.header("webhook-timestamp"),
+            header,
+            &request.body,
+            now,
+        )
+        .expect("both secrets verify during the grace period");
     }
 }
 
 async fn a_slow_receiver_never_holds_up_another(app: TestApp) {
     let stuck = Receiver::start(Answer::Hang).await;
     let mut quick = Receiver::start(Answer::Status(200)).await;
-    let (stuck_id, _) = register(&app, json!({ "url": stuck.url, "event_types": ["order.created"] })).await;
-    register(&app, json!({ "url": quick.url, "event_types": ["order.created"] })).await;
+    let (stuck_id, _) = register(
+        &app,
+        json!({ "url": stuck.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    register(
+        &app,
+        json!({ "url": quick.url, "event_types": ["order.created"] }),
+    )
+    .await;
     let config = DispatchConfig {
         request_timeout: Duration::from_secs(30),
         per_callback: 2,
@@ -328,7 +614,12 @@ async fn a_slow_receiver_never_holds_up_another(app: TestApp) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn({
         let d = dispatcher.clone();
-        async move { d.run(async { let _ = stopped.await; }).await }
+        async move {
+            d.run(async {
+                let _ = stopped.await;
+            })
+            .await
+        }
     });
     for _ in 0..20 {
         app.order().await;
@@ -336,39 +627,78 @@ async fn a_slow_receiver_never_holds_up_another(app: TestApp) {
     let started = Instant::now();
     let mut got = 0;
     while got < 20 {
-        assert!(quick.next(Duration::from_secs(10)).await.is_some(), "the quick receiver waited behind the stuck one ({got} of 20)");
+        assert!(
+            quick.next(Duration::from_secs(10)).await.is_some(),
+            "the quick receiver waited behind the stuck one ({got} of 20)"
+        );
         got += 1;
     }
     assert!(started.elapsed() < Duration::from_secs(10));
-    let stuck_in_flight: i64 = sqlx::query("SELECT COUNT(*) FROM deliveries WHERE callback_id = $1 AND lease_token IS NOT NULL")
-        .bind(&stuck_id)
-        .fetch_one(app.db.reader())
-        .await
-        .expect("count")
-        .get(0);
-    assert!(stuck_in_flight <= 2, "at most per_callback in flight to the stuck receiver: {stuck_in_flight}");
+    let stuck_in_flight: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM deliveries WHERE callback_id = $1 AND lease_token IS NOT NULL",
+    )
+    .bind(&stuck_id)
+    .fetch_one(app.db.reader())
+    .await
+    .expect("count")
+    .get(0);
+    assert!(
+        stuck_in_flight <= 2,
+        "at most per_callback in flight to the stuck receiver: {stuck_in_flight}"
+    );
     let _ = stop.send(());
-    running.await.expect("join").expect("the dispatcher stops cleanly");
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM deliveries WHERE lease_token IS NOT NULL").await, 0, "shutdown released what was in flight");
+    running
+        .await
+        .expect("join")
+        .expect("the dispatcher stops cleanly");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM deliveries WHERE lease_token IS NOT NULL"
+        )
+        .await,
+        0,
+        "shutdown released what was in flight"
+    );
 }
 
 async fn new_work_wakes_an_idle_dispatcher_at_once(app: TestApp) {
     let mut receiver = Receiver::start(Answer::Status(200)).await;
-    register(&app, json!({ "url": receiver.url, "event_types": ["order.created"] })).await;
+    register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
     // On PostgreSQL a connection of its own, so only the NOTIFY can wake it; on SQLite the
     // dispatcher lives in the API's process and shares its in-process signal.
     let db = match app.backend() {
-        hookline::store::Backend::Postgres => hookline::store::Db::connect(app.db.url(), &Default::default()).await.expect("connect"),
+        hookline::store::Backend::Postgres => {
+            hookline::store::Db::connect(app.db.url(), &Default::default())
+                .await
+                .expect("connect")
+        }
         hookline::store::Backend::Sqlite => app.db.clone(),
     };
-    let config = DispatchConfig { poll_interval: Duration::from_secs(30), ..fast() };
+    let config = DispatchConfig {
+        poll_interval: Duration::from_secs(30),
+        ..fast()
+    };
     let dispatcher = Dispatcher::new(db, config);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move { dispatcher.run(async { let _ = stopped.await; }).await });
+    let running = tokio::spawn(async move {
+        dispatcher
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let created = Instant::now();
     app.order().await;
-    assert!(receiver.next(Duration::from_secs(5)).await.is_some(), "woken well before the 30 s poll");
+    assert!(
+        receiver.next(Duration::from_secs(5)).await.is_some(),
+        "woken well before the 30 s poll"
+    );
     assert!(created.elapsed() < Duration::from_secs(5));
     let _ = stop.send(());
     running.await.expect("join").expect("stops");
@@ -376,12 +706,25 @@ async fn new_work_wakes_an_idle_dispatcher_at_once(app: TestApp) {
 
 async fn a_dispatcher_that_lost_its_lease_cannot_overwrite_the_newer_result(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(200)).await;
-    register(&app, json!({ "url": receiver.url, "event_types": ["order.created"] })).await;
+    register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
     app.order().await;
-    let stale = app.db.claim_due(10, 1, &[]).await.expect("claim").pop().expect("one due delivery");
+    let stale = app
+        .db
+        .claim_due(10, 1, &[])
+        .await
+        .expect("claim")
+        .pop()
+        .expect("one due delivery");
     tokio::time::sleep(Duration::from_millis(5)).await;
     // The lease ran out; another dispatcher takes the delivery and succeeds.
-    Dispatcher::new(app.db.clone(), fast()).run_once().await.expect("a step");
+    Dispatcher::new(app.db.clone(), fast())
+        .run_once()
+        .await
+        .expect("a step");
     let record = hookline::store::deliveries::AttemptRecord {
         started_at: hookline::store::now_micros(),
         duration_us: 1,
@@ -396,12 +739,30 @@ async fn a_dispatcher_that_lost_its_lease_cannot_overwrite_the_newer_result(app:
     };
     let kept = app
         .db
-        .record_attempt(&stale, &record, &hookline::store::deliveries::Next::GiveUp, &hookline::store::deliveries::Health::Failing, i64::MAX / 2)
+        .record_attempt(
+            &stale,
+            &record,
+            &hookline::store::deliveries::Next::GiveUp,
+            &hookline::store::deliveries::Health::Failing,
+            i64::MAX / 2,
+        )
         .await
         .expect("record");
     assert!(!kept, "the stale lease is fenced out");
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded'").await, 1, "the newer result stands");
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM attempts").await, 2, "both attempts are in the log");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded'"
+        )
+        .await,
+        1,
+        "the newer result stands"
+    );
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM attempts").await,
+        2,
+        "both attempts are in the log"
+    );
 }
 
 on_both_backends!(

@@ -20,7 +20,10 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -36,8 +39,6 @@ pub enum Answer {
     WithHeaders(u16, Vec<(&'static str, String)>),
     /// 200 with a body of this many bytes.
     Big(usize),
-    /// Answer after this long.
-    Slow(Duration, u16),
     /// Never answer.
     Hang,
 }
@@ -45,8 +46,6 @@ pub enum Answer {
 pub struct Receiver {
     pub url: String,
     pub requests: mpsc::UnboundedReceiver<Received>,
-    /// Answers to give, in order; when they run out, `then` forever.
-    script: Arc<Mutex<(VecDeque<Answer>, Answer)>>,
 }
 
 impl Receiver {
@@ -58,35 +57,40 @@ impl Receiver {
     /// A receiver that answers `first`, one per request, then `then` forever.
     pub async fn scripted(first: Vec<Answer>, then: Answer) -> Receiver {
         let (tx, requests) = mpsc::unbounded_channel();
-        let script = Arc::new(Mutex::new((VecDeque::from(first), then)));
-        let shared = script.clone();
-        let app = axum::Router::new().fallback(move |method: Method, headers: HeaderMap, body: Bytes| {
-            let tx = tx.clone();
-            let script = shared.clone();
-            async move {
-                let _ = tx.send(Received { method, headers, body });
-                let answer = {
-                    let mut s = script.lock().expect("script lock");
-                    let fallback = s.1.clone();
-                    s.0.pop_front().unwrap_or(fallback)
-                };
-                respond(answer).await
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a receiver");
+        // Answers to give, in order; when they run out, `then` forever.
+        let shared = Arc::new(Mutex::new((VecDeque::from(first), then)));
+        let app =
+            axum::Router::new().fallback(move |method: Method, headers: HeaderMap, body: Bytes| {
+                let tx = tx.clone();
+                let script = shared.clone();
+                async move {
+                    let _ = tx.send(Received {
+                        method,
+                        headers,
+                        body,
+                    });
+                    let answer = {
+                        let mut s = script.lock().expect("script lock");
+                        let fallback = s.1.clone();
+                        s.0.pop_front().unwrap_or(fallback)
+                    };
+                    respond(answer).await
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a receiver");
         let url = format!("http://{}/hooks", listener.local_addr().expect("address"));
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Receiver { url, requests, script }
-    }
-
-    /// Changes what the receiver answers from now on.
-    pub fn answer(&self, then: Answer) {
-        self.script.lock().expect("script lock").1 = then;
+        Receiver { url, requests }
     }
 
     /// The next request, waiting up to `within`.
     pub async fn next(&mut self, within: Duration) -> Option<Received> {
-        tokio::time::timeout(within, self.requests.recv()).await.ok().flatten()
+        tokio::time::timeout(within, self.requests.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Everything received so far, without waiting.
@@ -106,15 +110,13 @@ async fn respond(answer: Answer) -> Response {
         Answer::WithHeaders(s, headers) => {
             let mut response = status(s).into_response();
             for (name, value) in headers {
-                response.headers_mut().insert(name, value.parse().expect("a header value"));
+                response
+                    .headers_mut()
+                    .insert(name, value.parse().expect("a header value"));
             }
             response
         }
         Answer::Big(n) => (StatusCode::OK, "x".repeat(n)).into_response(),
-        Answer::Slow(delay, s) => {
-            tokio::time::sleep(delay).await;
-            status(s).into_response()
-        }
         Answer::Hang => {
             std::future::pending::<()>().await;
             StatusCode::OK.into_response()
