@@ -245,8 +245,8 @@ impl Db {
                          WHERE id = $3 AND enabled AND failing_since <= $4",
                     )
                     .bind(format!(
-                        "no successful delivery for {} hours",
-                        disable_after_us / 3_600_000_000
+                        "no successful delivery for {} s (the disable window)",
+                        disable_after_us / 1_000_000
                     ))
                     .bind(now)
                     .bind(&claimed.callback_id)

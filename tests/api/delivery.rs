@@ -383,6 +383,26 @@ async fn gone_disables_the_callback_and_keeps_the_reason(app: TestApp) {
     assert!(cb["callbacks"][0]["disabled_reason"].is_null());
 }
 
+async fn a_callback_failing_for_the_whole_disable_window_is_turned_off(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(500)).await;
+    let (id, _) = register(&app, json!({ "url": receiver.url, "event_types": ["order.created"] })).await;
+    app.order().await;
+    let config = DispatchConfig { disable_after: Duration::from_millis(30), ..fast() };
+    let dispatcher = Dispatcher::new(app.db.clone(), config);
+    dispatcher.run_once().await.expect("attempt 1");
+    let (_, cb) = app.get(&format!("/callbacks/{id}")).await;
+    assert_eq!(cb["callbacks"][0]["enabled"], true, "one failure is not a failing window");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    dispatcher.run_once().await.expect("attempt 2");
+    let (_, cb) = app.get(&format!("/callbacks/{id}")).await;
+    assert_eq!(cb["callbacks"][0]["enabled"], false, "{cb}");
+    let reason = cb["callbacks"][0]["disabled_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("no successful delivery"), "{reason}");
+    // Its due retry waits: a turned-off callback is not delivered to.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(dispatcher.run_once().await.expect("a step"), 0);
+}
+
 async fn redirects_are_failures_and_never_followed(app: TestApp) {
     let mut elsewhere = Receiver::start(Answer::Status(200)).await;
     let receiver = Receiver::start(Answer::WithHeaders(
@@ -771,6 +791,7 @@ on_both_backends!(
     failed_attempts_are_retried_and_every_attempt_is_recorded,
     after_the_last_attempt_the_delivery_is_failed,
     gone_disables_the_callback_and_keeps_the_reason,
+    a_callback_failing_for_the_whole_disable_window_is_turned_off,
     redirects_are_failures_and_never_followed,
     retry_after_on_429_sets_the_next_attempt,
     refused_destinations_are_recorded_as_blocked,
