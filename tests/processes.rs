@@ -204,18 +204,42 @@ fn hookline_verify_accepts_a_known_vector_and_refuses_a_tampered_body() {
     use std::io::Write;
     let run = |body: &str| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hookline"))
-            .args(["verify", "--secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
-            .args(["--id", "msg_p5jXN8AQM9LWM0D4loKWxJek", "--timestamp", "1614265330"])
-            .args(["--signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", "--ignore-time"])
+            .args([
+                "verify",
+                "--secret",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ])
+            .args([
+                "--id",
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                "--timestamp",
+                "1614265330",
+            ])
+            .args([
+                "--signature",
+                "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+                "--ignore-time",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("run hookline verify");
-        child.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("write the body");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.as_bytes())
+            .expect("write the body");
         let out = child.wait_with_output().expect("wait");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
     };
-    assert_eq!(run(r#"{"test": 2432232314}"#), (Some(0), "valid".to_owned()));
+    assert_eq!(
+        run(r#"{"test": 2432232314}"#),
+        (Some(0), "valid".to_owned())
+    );
     let (code, said) = run(r#"{"test": 2432232315}"#);
     assert_eq!(code, Some(1));
     assert!(said.starts_with("invalid: no v1 signature"), "{said}");

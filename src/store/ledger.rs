@@ -1,6 +1,6 @@
-//! The ledger's units of work: creating orders and transactions, recording the
-//! processor's outcomes, and updates. Each writes its events through the outbox in the
-//! same database transaction.
+//! Creating orders and transactions, and the pieces every ledger unit of work shares:
+//! escrow moves and announcing changes through the outbox, in the same transaction.
+//! Processor outcomes are in `outcomes.rs`, `PUT` updates in `updates.rs`.
 //!
 //! Escrow rules (amounts in an order's `amount_escrowed`): money out (refunds, credits) is
 //! taken when the transaction is created, and refused if escrow does not hold it; money in
@@ -15,14 +15,14 @@ use super::outbox::{self, NewEvent};
 use super::reads::{order_by_id, txn_by_id};
 use super::{Db, IdempotencyKey, Refusal, Scope, StoreError, Tx, now_micros};
 use crate::domain::ids;
-use crate::domain::input::{Changes, NewOrder, NewReturn, NewTransfer, Outcome};
+use crate::domain::input::{NewOrder, NewReturn, NewTransfer};
 use crate::domain::ledger::{Instrument, Kind, Status};
 use crate::domain::views::{self, OrderRow, TxnRow};
 
 /// How many times a compare-and-set is retried when a concurrent writer got there first.
 /// Each retry means another request changed the same row, so this bounds contention, not
 /// correctness: the loser of too many rounds gets an error rather than a wrong answer.
-const CAS_ROUNDS: usize = 64;
+pub(super) const CAS_ROUNDS: usize = 64;
 
 impl Db {
     pub async fn create_order(
@@ -201,173 +201,6 @@ impl Db {
         }
         self.commit_created(tx, marketplace, key, body).await
     }
-
-    /// Records the processor's outcome for a transaction of any marketplace. Reporting the
-    /// status a transaction already has changes nothing and answers with it as it is.
-    pub async fn record_outcome(&self, id: &str, outcome: Outcome) -> Result<Value, StoreError> {
-        let not_found = || StoreError::NotFound {
-            kind: "transaction",
-            id: id.to_owned(),
-        };
-        let kind = Kind::of_id(id).ok_or_else(not_found)?;
-        let mut tx = self.begin().await?;
-        let now = now_micros();
-        let mut rounds = 0;
-        let current = loop {
-            let current = txn_by_id(&mut *tx, &Scope::All, kind, id).await?;
-            if current.status == outcome.status {
-                return Ok(views::envelope(
-                    kind.collection(),
-                    vec![views::transaction(&current)],
-                    None,
-                ));
-            }
-            if !current.status.can_become(outcome.status) {
-                return Err(Refusal::IllegalTransition {
-                    kind: kind.as_str(),
-                    from: current.status,
-                    to: outcome.status,
-                }
-                .into());
-            }
-            let changed = sqlx::query(
-                "UPDATE transactions SET status = $1, failure_reason = $2, failure_reason_code = $3, \
-                 version = version + 1, updated_at = $4 WHERE id = $5 AND status = $6",
-            )
-            .bind(outcome.status.as_str())
-            .bind(&outcome.failure_reason)
-            .bind(&outcome.failure_reason_code)
-            .bind(now)
-            .bind(id)
-            .bind(current.status.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if changed == 1 {
-                break current;
-            }
-            rounds += 1;
-            if rounds >= CAS_ROUNDS {
-                return Err(
-                    sqlx::Error::Protocol("transaction status kept changing".into()).into(),
-                );
-            }
-        };
-        let order_changed = apply_outcome(&mut tx, &current, outcome.status, now).await?;
-        let updated = txn_by_id(&mut *tx, &Scope::All, kind, id).await?;
-        let body = announce(
-            &mut tx,
-            &updated,
-            &["updated", outcome.status.as_str()],
-            now,
-        )
-        .await?;
-        if let (true, Some(order_id)) = (order_changed, &current.order_id) {
-            announce_order(&mut tx, order_id, "order.updated", now).await?;
-        }
-        self.commit(tx).await?;
-        Ok(body)
-    }
-
-    /// `PUT` on an order: description, meta and delivery address. Returns the order and its
-    /// new version.
-    pub async fn update_order(
-        &self,
-        scope: &Scope,
-        id: &str,
-        changes: Changes,
-    ) -> Result<(Value, i64), StoreError> {
-        let mut tx = self.begin().await?;
-        let now = now_micros();
-        let mut rounds = 0;
-        loop {
-            let current = order_by_id(&mut *tx, scope, id).await?;
-            check_version(&changes, current.version)?;
-            let changed = sqlx::query(
-                "UPDATE orders SET description = $1, meta = $2, delivery_address = $3, \
-                 version = version + 1, updated_at = $4 WHERE id = $5 AND version = $6",
-            )
-            .bind(changes.description.clone().unwrap_or(current.description))
-            .bind(
-                serde_json::to_string(changes.meta.as_ref().unwrap_or(&current.meta))
-                    .unwrap_or_default(),
-            )
-            .bind(
-                changes
-                    .delivery_address
-                    .as_ref()
-                    .unwrap_or(&current.delivery_address)
-                    .to_string(),
-            )
-            .bind(now)
-            .bind(id)
-            .bind(current.version)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if changed == 1 {
-                break;
-            }
-            rounds += 1;
-            if rounds >= CAS_ROUNDS {
-                return Err(sqlx::Error::Protocol("order kept changing".into()).into());
-            }
-        }
-        let body = announce_order(&mut tx, id, "order.updated", now).await?;
-        let version = order_by_id(&mut *tx, &Scope::All, id).await?.version;
-        self.commit(tx).await?;
-        Ok((body, version))
-    }
-
-    /// `PUT` on a transaction: description and meta. Returns it and its new version.
-    pub async fn update_transaction(
-        &self,
-        scope: &Scope,
-        kind: Kind,
-        id: &str,
-        changes: Changes,
-    ) -> Result<(Value, i64), StoreError> {
-        let mut tx = self.begin().await?;
-        let now = now_micros();
-        let mut rounds = 0;
-        loop {
-            let current = txn_by_id(&mut *tx, scope, kind, id).await?;
-            check_version(&changes, current.version)?;
-            let changed = sqlx::query(
-                "UPDATE transactions SET description = $1, meta = $2, version = version + 1, \
-                 updated_at = $3 WHERE id = $4 AND version = $5",
-            )
-            .bind(changes.description.clone().unwrap_or(current.description))
-            .bind(
-                serde_json::to_string(changes.meta.as_ref().unwrap_or(&current.meta))
-                    .unwrap_or_default(),
-            )
-            .bind(now)
-            .bind(id)
-            .bind(current.version)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if changed == 1 {
-                break;
-            }
-            rounds += 1;
-            if rounds >= CAS_ROUNDS {
-                return Err(sqlx::Error::Protocol("transaction kept changing".into()).into());
-            }
-        }
-        let updated = txn_by_id(&mut *tx, &Scope::All, kind, id).await?;
-        let body = announce(&mut tx, &updated, &["updated"], now).await?;
-        self.commit(tx).await?;
-        Ok((body, updated.version))
-    }
-}
-
-fn check_version(changes: &Changes, current: i64) -> Result<(), StoreError> {
-    match changes.version {
-        Some(given) if given != current => Err(StoreError::StaleVersion { given, current }),
-        _ => Ok(()),
-    }
 }
 
 /// An order named in a request body; an unknown one is the request's fault (400), not a
@@ -433,75 +266,8 @@ async fn reserve_return(
     Err(sqlx::Error::Protocol("too many concurrent returns of one transaction".into()).into())
 }
 
-/// Moves escrow for a status change; returns whether the order changed.
-async fn apply_outcome(
-    tx: &mut Tx,
-    before: &TxnRow,
-    to: Status,
-    now: i64,
-) -> Result<bool, StoreError> {
-    let amount = before.amount;
-    let parent = match &before.parent_id {
-        Some(p) => Some(
-            txn_by_id(
-                &mut **tx,
-                &Scope::All,
-                before.kind.parent().expect("has parent"),
-                p,
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    // Once a debit or credit has failed, its whole remaining amount went back, so the
-    // later fate of its refunds or reversals no longer moves escrow.
-    let parent_live = parent.as_ref().is_none_or(|p| p.status != Status::Failed);
-    if to == Status::Failed
-        && let Some(p) = &parent
-    {
-        sqlx::query("UPDATE transactions SET amount_returned = amount_returned - $1 WHERE id = $2")
-            .bind(amount)
-            .bind(&p.id)
-            .execute(&mut **tx)
-            .await?;
-    }
-    let Some(order_id) = before.order_id.as_deref() else {
-        return Ok(false);
-    };
-    match (before.kind, before.status, to) {
-        (Kind::Debit, Status::Pending, Status::Succeeded) => {
-            add_to_order(tx, order_id, amount, amount, now).await?
-        }
-        (Kind::Debit, Status::Succeeded, Status::Failed) => {
-            let net = amount - before.amount_returned;
-            claw_back(tx, order_id, net, net, now).await?
-        }
-        (Kind::Refund, _, Status::Failed) if parent_live => {
-            add_to_order(tx, order_id, amount, amount, now).await?
-        }
-        (Kind::Credit, _, Status::Failed) => {
-            let row = sqlx::query(
-                "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS back FROM transactions WHERE parent_id = $1 AND status = 'succeeded'",
-            )
-            .bind(&before.id)
-            .fetch_one(&mut **tx)
-            .await?;
-            let reversed: i64 = row.try_get("back")?;
-            add_to_order(tx, order_id, 0, amount - reversed, now).await?
-        }
-        (Kind::Reversal, Status::Pending, Status::Succeeded) if parent_live => {
-            add_to_order(tx, order_id, 0, amount, now).await?
-        }
-        (Kind::Reversal, Status::Succeeded, Status::Failed) if parent_live => {
-            claw_back(tx, order_id, 0, amount, now).await?
-        }
-        _ => return Ok(false),
-    }
-    Ok(true)
-}
-
 /// Raises an order's amount and escrow.
-async fn add_to_order(
+pub(super) async fn add_to_order(
     tx: &mut Tx,
     order_id: &str,
     amount: i64,
@@ -523,7 +289,7 @@ async fn add_to_order(
 
 /// Lowers an order's amount and escrow if escrow holds enough; false (and nothing
 /// changed) if it does not.
-async fn take_from_order(
+pub(super) async fn take_from_order(
     tx: &mut Tx,
     order_id: &str,
     amount: i64,
@@ -546,7 +312,7 @@ async fn take_from_order(
 
 /// A late failure takes money back out of an order: escrow floors at zero, and what it
 /// could not cover is added to `escrow_shortfall` so it is never silently lost.
-async fn claw_back(
+pub(super) async fn claw_back(
     tx: &mut Tx,
     order_id: &str,
     amount: i64,
@@ -639,7 +405,7 @@ async fn announce_created(
 
 /// Writes `<kind>.<suffix>` events for a transaction, all with one `occurred_at`, and
 /// returns the resource in envelope form.
-async fn announce(
+pub(super) async fn announce(
     tx: &mut Tx,
     row: &TxnRow,
     suffixes: &[&str],
@@ -664,7 +430,7 @@ async fn announce(
 }
 
 /// Writes an `order.*` event with the order as it now stands, and returns it.
-async fn announce_order(
+pub(super) async fn announce_order(
     tx: &mut Tx,
     id: &str,
     event_type: &str,

@@ -16,8 +16,10 @@ mod idempotency;
 mod ledger;
 mod marketplaces;
 pub mod outbox;
+mod outcomes;
 mod reads;
 mod rows;
+mod updates;
 
 use std::str::FromStr;
 use std::sync::Arc;

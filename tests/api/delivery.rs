@@ -385,18 +385,30 @@ async fn gone_disables_the_callback_and_keeps_the_reason(app: TestApp) {
 
 async fn a_callback_failing_for_the_whole_disable_window_is_turned_off(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(500)).await;
-    let (id, _) = register(&app, json!({ "url": receiver.url, "event_types": ["order.created"] })).await;
+    let (id, _) = register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
     app.order().await;
-    let config = DispatchConfig { disable_after: Duration::from_millis(30), ..fast() };
+    let config = DispatchConfig {
+        disable_after: Duration::from_millis(30),
+        ..fast()
+    };
     let dispatcher = Dispatcher::new(app.db.clone(), config);
     dispatcher.run_once().await.expect("attempt 1");
     let (_, cb) = app.get(&format!("/callbacks/{id}")).await;
-    assert_eq!(cb["callbacks"][0]["enabled"], true, "one failure is not a failing window");
+    assert_eq!(
+        cb["callbacks"][0]["enabled"], true,
+        "one failure is not a failing window"
+    );
     tokio::time::sleep(Duration::from_millis(60)).await;
     dispatcher.run_once().await.expect("attempt 2");
     let (_, cb) = app.get(&format!("/callbacks/{id}")).await;
     assert_eq!(cb["callbacks"][0]["enabled"], false, "{cb}");
-    let reason = cb["callbacks"][0]["disabled_reason"].as_str().unwrap_or_default();
+    let reason = cb["callbacks"][0]["disabled_reason"]
+        .as_str()
+        .unwrap_or_default();
     assert!(reason.contains("no successful delivery"), "{reason}");
     // Its due retry waits: a turned-off callback is not delivered to.
     tokio::time::sleep(Duration::from_millis(100)).await;
