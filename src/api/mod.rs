@@ -4,6 +4,7 @@ mod callbacks;
 pub mod error;
 mod events;
 mod extract;
+mod health;
 mod operator;
 mod orders;
 mod transactions;
@@ -60,6 +61,7 @@ pub fn router(db: Db, config: ApiConfig) -> Router {
         config: Arc::new(config),
     };
     Router::new()
+        .merge(health::routes())
         .merge(callbacks::routes())
         .merge(orders::routes())
         .merge(transactions::routes())

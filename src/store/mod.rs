@@ -180,6 +180,20 @@ impl Db {
         Ok(db)
     }
 
+    /// Whether the database answers and has every migration this build knows.
+    pub async fn ready(&self) -> Result<bool, StoreError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("migrations/postgres"),
+        };
+        let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        let row = sqlx::query("SELECT MAX(version) AS version FROM _sqlx_migrations WHERE success")
+            .fetch_one(self.reader())
+            .await?;
+        let applied: Option<i64> = sqlx::Row::try_get(&row, "version")?;
+        Ok(applied.unwrap_or(0) >= latest)
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.write).await?,

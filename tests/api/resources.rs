@@ -214,7 +214,25 @@ async fn credits_and_debits_can_be_created_at_the_top_level_with_an_order_link(a
     assert!(body["debits"][0]["links"]["order"].is_null());
 }
 
+async fn health_and_readiness_answer_without_credentials(app: TestApp) {
+    for (path, status) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let (code, body) = send(app.client.get(format!("{}{path}", app.base))).await;
+        assert_eq!(code, StatusCode::OK, "{path}: {body}");
+        assert_eq!(body["status"], status);
+    }
+    // A database missing the newest migration is not ready.
+    sqlx::query(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT MAX(version) FROM _sqlx_migrations)",
+    )
+    .execute(app.db.writer())
+    .await
+    .expect("forget a migration");
+    let (code, body) = send(app.client.get(format!("{}/readyz", app.base))).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+}
+
 on_both_backends!(
+    health_and_readiness_answer_without_credentials,
     orders_are_created_under_a_customer_as_balanced_did,
     refunds_are_listed_per_debit_per_order_and_per_marketplace,
     lists_page_by_cursor_and_stay_correct_as_items_arrive,
