@@ -1,10 +1,13 @@
 //! Every knob, with its default, its flag and its environment variable.
+//!
+//! The structs holding credentials (the operator token, a verify secret) do not derive
+//! `Debug`, so they cannot end up in a log line.
 
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(
     name = "hookline",
     version,
@@ -17,7 +20,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Run everything in one process: the HTTP API and the dispatcher (the embedded default).
     Serve {
@@ -35,7 +38,7 @@ pub enum Command {
     Verify(VerifyArgs),
 }
 
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct Config {
     /// The database: a SQLite file path or `sqlite:` URL (the embedded default, created if
     /// missing), or a `postgres://` URL for the scale-out mode. Migrations apply at start.
@@ -147,7 +150,7 @@ pub struct DispatchArgs {
     #[arg(long, env = "HOOKLINE_ALLOW_NETWORKS", value_delimiter = ',')]
     pub allow_network: Vec<ipnet::IpNet>,
     /// On shutdown, how long attempts in flight may take to finish, in seconds.
-    #[arg(long, env = "HOOKLINE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    #[arg(long, env = "HOOKLINE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
 }
 
@@ -179,7 +182,7 @@ impl DispatchArgs {
     }
 }
 
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct VerifyArgs {
     /// The callback's secret (`whsec_...`).
     #[arg(long, env = "HOOKLINE_VERIFY_SECRET", hide_env_values = true)]

@@ -71,7 +71,8 @@ CREATE TABLE attempts (
 );
 CREATE INDEX attempts_delivery ON attempts (delivery_id, attempt);
 
--- Wakes dispatchers (LISTEN hookline_deliveries) when new deliveries commit.
+-- Wakes dispatchers (LISTEN hookline_deliveries) when new deliveries commit. Per row, so an
+-- event no callback wants wakes nobody; PostgreSQL sends one notification per transaction.
 CREATE FUNCTION hookline_notify_deliveries() RETURNS trigger AS $$
 BEGIN
     PERFORM pg_notify('hookline_deliveries', '');
@@ -79,4 +80,4 @@ BEGIN
 END
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER deliveries_notify AFTER INSERT ON deliveries
-    FOR EACH STATEMENT EXECUTE FUNCTION hookline_notify_deliveries();
+    FOR EACH ROW EXECUTE FUNCTION hookline_notify_deliveries();

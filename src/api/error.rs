@@ -138,6 +138,11 @@ impl From<StoreError> for ApiError {
                 err.extras.insert("version".into(), json!(current));
                 err
             }
+            StoreError::Contention(what) => Self::new(
+                StatusCode::CONFLICT,
+                "concurrent-update",
+                format!("The {what} was changed by many concurrent requests; retry."),
+            ),
             StoreError::DuplicateCallback { url, method } => {
                 let mut err = Self::new(
                     StatusCode::CONFLICT,

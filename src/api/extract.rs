@@ -297,16 +297,21 @@ pub fn idempotency_key(
     Ok(Some(IdempotencyKey::new(key, method, path, body)))
 }
 
-/// The version a `PUT` expects: `If-Match: "3"` or the body's `version`.
+/// The version a `PUT` expects: `If-Match: "3"` or the body's `version`. `If-Match: *`
+/// asks for no particular version.
 pub fn if_match(headers: &axum::http::HeaderMap) -> Result<Option<i64>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
-    value
-        .to_str()
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<i64>()
         .ok()
-        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
-        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|v| *v >= 1)
         .map(Some)
         .ok_or_else(|| ApiError::field("If-Match", "must be a version number such as \"3\""))
 }

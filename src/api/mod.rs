@@ -25,7 +25,7 @@ use error::{ApiError, REQUEST_ID};
 use extract::ListQuery;
 
 /// What the API needs beyond the database.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiConfig {
     /// The operator credential; `None` turns the operator-only endpoints off.
     pub operator_token: Option<String>,
@@ -35,6 +35,21 @@ pub struct ApiConfig {
     pub require_https: bool,
     /// How long a rotated-out secret keeps signing.
     pub rotation_grace: std::time::Duration,
+}
+
+/// Never prints the operator token.
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field(
+                "operator_token",
+                &self.operator_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("require_https", &self.require_https)
+            .field("rotation_grace", &self.rotation_grace)
+            .finish()
+    }
 }
 
 impl Default for ApiConfig {

@@ -96,6 +96,22 @@ pub async fn attempt(
     }
 }
 
+/// The record of an attempt that sent nothing (`code` says why).
+pub fn not_sent(code: &'static str, detail: String) -> AttemptRecord {
+    AttemptRecord {
+        started_at: now_micros(),
+        duration_us: 0,
+        request_headers: Vec::new(),
+        request_body: String::new(),
+        response_status: None,
+        response_headers: None,
+        response_body: None,
+        error_code: Some(code),
+        error_detail: Some(detail),
+        succeeded: false,
+    }
+}
+
 struct Response {
     status: u16,
     headers: Vec<(String, String)>,

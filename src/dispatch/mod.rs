@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -55,7 +55,7 @@ pub struct DispatchConfig {
     /// Ranges deliveries may go to although they are not public (e.g. 127.0.0.0/8).
     pub allow: Vec<IpNet>,
     /// On shutdown, how long in-flight attempts may take to finish before they are
-    /// abandoned and their deliveries released.
+    /// abandoned and their deliveries released; above `request_timeout`, so none is cut off.
     pub shutdown_grace: Duration,
 }
 
@@ -73,7 +73,7 @@ impl Default for DispatchConfig {
             schedule: RetrySchedule::default(),
             disable_after: Duration::from_secs(5 * 24 * 3600),
             allow: Vec::new(),
-            shutdown_grace: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(20),
         }
     }
 }
@@ -141,13 +141,13 @@ impl Dispatcher {
             match self.claim().await {
                 Ok(batch) => {
                     full_batch = batch.len() as i64 >= self.config.batch_size;
-                    for claimed in batch {
+                    for (claimed, slot) in batch {
                         claimed_in_flight.insert(claimed.id.clone(), claimed.clone());
                         let this = self.clone();
                         let done = done_tx.clone();
                         tasks.spawn(async move {
                             let id = claimed.id.clone();
-                            this.deliver(claimed).await;
+                            this.deliver(claimed, slot).await;
                             let _ = done.send(id);
                         });
                     }
@@ -157,7 +157,9 @@ impl Dispatcher {
             if full_batch && self.slots.available_permits() > 0 {
                 continue;
             }
-            let sleep = self.sleep_for().await;
+            // What is still due now could not be claimed (its callback is at its cap): a
+            // finishing attempt wakes the loop, so a short floor keeps it from spinning.
+            let sleep = self.sleep_for().await.max(IDLE_FLOOR);
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.wake.notified() => {}
@@ -194,9 +196,9 @@ impl Dispatcher {
         let batch = self.claim().await?;
         let count = batch.len();
         let mut tasks = JoinSet::new();
-        for claimed in batch {
+        for (claimed, slot) in batch {
             let this = self.clone();
-            tasks.spawn(async move { this.deliver(claimed).await });
+            tasks.spawn(async move { this.deliver(claimed, slot).await });
         }
         while tasks.join_next().await.is_some() {}
         Ok(count)
@@ -214,9 +216,9 @@ impl Dispatcher {
         }
     }
 
-    /// Claims as many due deliveries as there are free slots, never more per callback than
-    /// `per_callback`; the excess of a batch is released at once.
-    async fn claim(&self) -> Result<Vec<Claimed>, DispatchError> {
+    /// Claims as many due deliveries as there are free slots, each with its slot, never
+    /// more per callback than `per_callback`; the excess of a batch is released at once.
+    async fn claim(&self) -> Result<Vec<(Claimed, OwnedSemaphorePermit)>, DispatchError> {
         let free = self.slots.available_permits() as i64;
         if free == 0 {
             return Ok(Vec::new());
@@ -239,24 +241,27 @@ impl Dispatcher {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             for claimed in batch {
                 let n = in_flight.entry(claimed.callback_id.clone()).or_insert(0);
-                if *n < self.config.per_callback {
-                    *n += 1;
-                    keep.push(claimed);
-                } else {
-                    excess.push(claimed);
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) if *n < self.config.per_callback => {
+                        *n += 1;
+                        keep.push((claimed, slot));
+                    }
+                    _ => excess.push(claimed),
                 }
             }
         }
         if !excess.is_empty() {
-            self.db.release(&excess).await?;
+            // Their leases expire anyway; a failed early release only delays them.
+            if let Err(e) = self.db.release(&excess).await {
+                tracing::warn!(error = %e, "releasing deliveries over the cap failed");
+            }
         }
         Ok(keep)
     }
 
     /// One attempt of one delivery, recorded. Errors are logged: the lease then expires and
     /// the delivery is taken again.
-    async fn deliver(&self, claimed: Claimed) {
-        let _slot = self.slots.clone().acquire_owned().await;
+    async fn deliver(&self, claimed: Claimed, _slot: OwnedSemaphorePermit) {
         let span = tracing::info_span!(
             "delivery_attempt",
             event_id = %claimed.event_id,
@@ -279,17 +284,20 @@ impl Dispatcher {
     }
 
     async fn attempt(&self, claimed: &Claimed) -> Result<(), StoreError> {
-        let target = self.db.target(&claimed.callback_id).await?;
-        let body = self.db.event_body(&claimed.event_id).await?;
-        let (record, answer) = http::attempt(
-            &self.client,
-            &self.guard,
-            &target,
-            &claimed.id,
-            &body,
-            self.config.max_response_bytes,
-        )
-        .await;
+        let prepared = async {
+            let target = self.db.target(&claimed.callback_id).await?;
+            let body = self.db.event_body(&claimed.event_id).await?;
+            Ok::<_, StoreError>((target, body))
+        };
+        let (record, answer) = match prepared.await {
+            Ok((target, body)) => {
+                let max = self.config.max_response_bytes;
+                http::attempt(&self.client, &self.guard, &target, &claimed.id, &body, max).await
+            }
+            // Nothing was sent, but the attempt counts and is recorded, so a lasting fault
+            // runs out of retries instead of spinning.
+            Err(e) => (http::not_sent("internal", e.to_string()), None),
+        };
         let attempt = (claimed.attempts + 1) as u32;
         let (next, health) = decide(
             &self.config.schedule,
@@ -297,6 +305,7 @@ impl Dispatcher {
             attempt,
             record.succeeded,
             answer.as_ref(),
+            now_micros(),
             rand::random(),
         );
         let outcome = match &next {
@@ -306,10 +315,24 @@ impl Dispatcher {
         };
         tracing::Span::current().record("outcome", outcome);
         let disable_after = self.config.disable_after.as_micros() as i64;
-        let kept = self
-            .db
-            .record_attempt(claimed, &record, &next, &health, disable_after)
-            .await?;
+        let mut tries = 0;
+        let kept = loop {
+            match self
+                .db
+                .record_attempt(claimed, &record, &next, &health, disable_after)
+                .await
+            {
+                Ok(kept) => break kept,
+                // A passing database fault must not lose the attempt: try a few times
+                // before leaving the delivery to its lease.
+                Err(e) if tries < 3 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, tries, "recording the attempt failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(tries))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if kept {
             tracing::info!(status = ?record.response_status, error = record.error_code, "delivery attempt recorded");
         } else {
@@ -343,6 +366,9 @@ impl Dispatcher {
     }
 }
 
+/// The shortest idle wait of the claim loop.
+const IDLE_FLOOR: Duration = Duration::from_millis(25);
+
 /// What follows an attempt: success; a retry (at `Retry-After` for 429 and 503, within
 /// bounds, else per the schedule); or giving up, after the last attempt or on 410 Gone,
 /// which also turns the callback off. `unit` is a random number in `[0, 1)` for jitter.
@@ -352,6 +378,7 @@ pub fn decide(
     attempt: u32,
     succeeded: bool,
     answer: Option<&http::Answer>,
+    now: i64,
     unit: f64,
 ) -> (Next, Health) {
     if succeeded {
@@ -367,11 +394,10 @@ pub fn decide(
     let retry_after = answer
         .filter(|a| matches!(a.status, 429 | 503))
         .and_then(|a| a.retry_after);
-    let next =
-        match schedule.next_attempt(attempt, claimed.created_at, now_micros(), retry_after, unit) {
-            Some(at) => Next::RetryAt(at),
-            None => Next::GiveUp,
-        };
+    let next = match schedule.next_attempt(attempt, claimed.created_at, now, retry_after, unit) {
+        Some(at) => Next::RetryAt(at),
+        None => Next::GiveUp,
+    };
     (next, Health::Failing)
 }
 

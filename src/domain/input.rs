@@ -324,11 +324,14 @@ impl CreateOrder {
             (Some(m), _) | (None, Some(m)) => m.to_owned(),
             (None, None) => return Err(InputError::new("merchant", "is required")),
         };
-        let id = merchant.rsplit('/').next().unwrap_or_default();
+        let id = match merchant.strip_prefix("/customers/") {
+            Some(id) => id,
+            None => merchant.as_str(),
+        };
         if !(ids::is_id(id, "CU") || ids::is_id(id, "AC")) {
             return Err(InputError::new(
                 "merchant",
-                format!("\"{merchant}\" is not a CU... or AC... customer id or href"),
+                format!("\"{merchant}\" is not a CU... or AC... customer id or /customers/ href"),
             ));
         }
         Ok(NewOrder {

@@ -211,8 +211,8 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, updated_at = $1 \
-             WHERE callback_id = $2 AND status IN ('pending', 'retrying')",
+            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, updated_at = $1 WHERE callback_id = $2 AND status IN ('pending', 'retrying')",
         )
         .bind(now)
         .bind(&current.id)

@@ -65,19 +65,14 @@ pub enum Health {
     Disable(String),
 }
 
-const CLAIM_SQLITE: &str = "UPDATE deliveries SET lease_token = $1, lease_expires_at = $2 WHERE id IN (\
+/// Claims due deliveries of enabled callbacks whose lease is free. `{exclude}` skips
+/// callbacks at their cap; `{lock}` is PostgreSQL's `FOR UPDATE OF d SKIP LOCKED`, so rows
+/// another dispatcher is claiming are skipped, not waited on (SQLite has one writer).
+const CLAIM: &str = "UPDATE deliveries SET lease_token = $1, lease_expires_at = $2 WHERE id IN (\
      SELECT d.id FROM deliveries d JOIN callbacks c ON c.id = d.callback_id \
      WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $3 \
      AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $3) AND c.enabled AND c.deleted_at IS NULL \
-     {exclude} ORDER BY d.next_attempt_at LIMIT $4) \
-     RETURNING id, event_id, callback_id, attempts, created_at";
-
-/// PostgreSQL: the same, but rows another dispatcher is claiming are skipped, not waited on.
-const CLAIM_POSTGRES: &str = "UPDATE deliveries SET lease_token = $1, lease_expires_at = $2 WHERE id IN (\
-     SELECT d.id FROM deliveries d JOIN callbacks c ON c.id = d.callback_id \
-     WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $3 \
-     AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $3) AND c.enabled AND c.deleted_at IS NULL \
-     {exclude} ORDER BY d.next_attempt_at LIMIT $4 FOR UPDATE OF d SKIP LOCKED) \
+     {exclude} ORDER BY d.next_attempt_at LIMIT $4 {lock}) \
      RETURNING id, event_id, callback_id, attempts, created_at";
 
 impl Db {
@@ -91,9 +86,9 @@ impl Db {
     ) -> Result<Vec<Claimed>, StoreError> {
         let now = now_micros();
         let token = crate::domain::ids::new_id("LS");
-        let template = match self.backend {
-            Backend::Sqlite => CLAIM_SQLITE,
-            Backend::Postgres => CLAIM_POSTGRES,
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "FOR UPDATE OF d SKIP LOCKED",
         };
         let exclude_sql = if exclude.is_empty() {
             String::new()
@@ -101,7 +96,9 @@ impl Db {
             let params: Vec<String> = (0..exclude.len()).map(|i| format!("${}", i + 5)).collect();
             format!("AND d.callback_id NOT IN ({})", params.join(", "))
         };
-        let sql = template.replace("{exclude}", &exclude_sql);
+        let sql = CLAIM
+            .replace("{exclude}", &exclude_sql)
+            .replace("{lock}", lock);
         let mut query = sqlx::query(AssertSqlSafe(sql))
             .bind(&token)
             .bind(now.saturating_add(lease_us))
@@ -139,7 +136,11 @@ impl Db {
 
     /// When the next delivery falls due, if any is waiting.
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query("SELECT MIN(next_attempt_at) AS due FROM deliveries WHERE status IN ('pending', 'retrying')")
+        let row = sqlx::query(
+            "SELECT MIN(CASE WHEN d.lease_expires_at > d.next_attempt_at THEN d.lease_expires_at \
+             ELSE d.next_attempt_at END) AS due FROM deliveries d JOIN callbacks c ON c.id = d.callback_id \
+             WHERE d.status IN ('pending', 'retrying') AND c.enabled AND c.deleted_at IS NULL",
+        )
             .fetch_one(self.reader())
             .await?;
         Ok(row.try_get("due")?)
@@ -195,7 +196,8 @@ impl Db {
         let mut tx = self.begin().await?;
         let fenced = sqlx::query(
             "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, lease_token = NULL, \
-             lease_expires_at = NULL, last_attempt_at = $3, updated_at = $3 WHERE id = $4 AND lease_token = $5",
+             lease_expires_at = NULL, last_attempt_at = $3, updated_at = $3 WHERE id = $4 AND lease_token = $5 \
+             AND status IN ('pending', 'retrying')",
         )
         .bind(status)
         .bind(next_at)

@@ -1,8 +1,9 @@
 //! `Idempotency-Key`: a create repeated with the same key returns the first response.
 //!
-//! The key is saved in the same transaction as what the create wrote, so either both are
-//! there or neither is. Two requests racing with one key: the loser's insert of the key
-//! conflicts, its transaction rolls back, and it answers with the winner's response.
+//! The key is reserved first in the create's own transaction and its response saved in the
+//! same transaction, so either both are there or neither is. Two requests racing with one
+//! key: the second waits on the key until the first commits, then answers with its
+//! response (and never runs the money checks against the first one's effects).
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -58,8 +59,44 @@ impl Db {
         ))
     }
 
-    /// Saves the key with the response and commits. If another request committed the same
-    /// key first, this one's work is rolled back and the other's response returned.
+    /// Starts a create: opens its transaction and, with a key, reserves the key in it
+    /// first. A request repeating a committed key gets the original response (`Err`); one
+    /// racing an uncommitted request with the same key waits for it (on the key's unique
+    /// index), then replays its response, or goes ahead if it rolled back.
+    pub(super) async fn begin_create(
+        &self,
+        marketplace: &str,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Result<Tx, Value>, StoreError> {
+        if let Some(body) = self.replay(marketplace, key).await? {
+            return Ok(Err(body));
+        }
+        let mut tx = self.begin().await?;
+        let Some(k) = key else { return Ok(Ok(tx)) };
+        let reserved = sqlx::query(
+            "INSERT INTO idempotency_keys (marketplace_id, key, request_hash, status, body, created_at) \
+             VALUES ($1, $2, $3, 201, '', $4)",
+        )
+        .bind(marketplace)
+        .bind(&k.key)
+        .bind(&k.request_hash)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await;
+        match reserved {
+            Ok(_) => Ok(Ok(tx)),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                tx.rollback().await?;
+                match self.replay(marketplace, key).await? {
+                    Some(body) => Ok(Err(body)),
+                    None => Err(StoreError::IdempotencyMismatch(k.key.clone())),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores the response under the key reserved by [`Db::begin_create`] and commits.
     pub(super) async fn commit_created(
         &self,
         mut tx: Tx,
@@ -68,29 +105,14 @@ impl Db {
         body: Value,
     ) -> Result<Value, StoreError> {
         if let Some(k) = key {
-            let saved = sqlx::query(
-                "INSERT INTO idempotency_keys (marketplace_id, key, request_hash, status, body, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+            sqlx::query(
+                "UPDATE idempotency_keys SET body = $1 WHERE marketplace_id = $2 AND key = $3",
             )
+            .bind(body.to_string())
             .bind(marketplace)
             .bind(&k.key)
-            .bind(&k.request_hash)
-            .bind(201_i64)
-            .bind(body.to_string())
-            .bind(now_micros())
             .execute(&mut *tx)
-            .await;
-            match saved {
-                Ok(_) => {}
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                    tx.rollback().await?;
-                    return self
-                        .replay(marketplace, key)
-                        .await?
-                        .ok_or_else(|| StoreError::IdempotencyMismatch(k.key.clone()));
-                }
-                Err(e) => return Err(e.into()),
-            }
+            .await?;
         }
         self.commit(tx).await?;
         Ok(body)

@@ -31,10 +31,10 @@ impl Db {
         new: NewOrder,
         key: Option<&IdempotencyKey>,
     ) -> Result<Value, StoreError> {
-        if let Some(body) = self.replay(marketplace, key).await? {
-            return Ok(body);
-        }
-        let mut tx = self.begin().await?;
+        let mut tx = match self.begin_create(marketplace, key).await? {
+            Ok(tx) => tx,
+            Err(original) => return Ok(original),
+        };
         let now = now_micros();
         let id = ids::new_id(ids::ORDER);
         sqlx::query(
@@ -45,7 +45,7 @@ impl Db {
         .bind(marketplace)
         .bind(&new.merchant)
         .bind(&new.annotations.description)
-        .bind(serde_json::to_string(&new.annotations.meta).unwrap_or_default())
+        .bind(super::meta_json(&new.annotations.meta))
         .bind(new.delivery_address.to_string())
         .bind(now)
         .execute(&mut *tx)
@@ -64,10 +64,10 @@ impl Db {
         key: Option<&IdempotencyKey>,
     ) -> Result<Value, StoreError> {
         debug_assert!(matches!(kind, Kind::Debit | Kind::Credit));
-        if let Some(body) = self.replay(marketplace, key).await? {
-            return Ok(body);
-        }
-        let mut tx = self.begin().await?;
+        let mut tx = match self.begin_create(marketplace, key).await? {
+            Ok(tx) => tx,
+            Err(original) => return Ok(original),
+        };
         let now = now_micros();
         let scope = Scope::Marketplace(marketplace.to_owned());
         let order = match &new.order {
@@ -146,10 +146,10 @@ impl Db {
         new: NewReturn,
         key: Option<&IdempotencyKey>,
     ) -> Result<Value, StoreError> {
-        if let Some(body) = self.replay(marketplace, key).await? {
-            return Ok(body);
-        }
-        let mut tx = self.begin().await?;
+        let mut tx = match self.begin_create(marketplace, key).await? {
+            Ok(tx) => tx,
+            Err(original) => return Ok(original),
+        };
         let now = now_micros();
         let scope = Scope::Marketplace(marketplace.to_owned());
         let (parent, amount) = reserve_return(&mut tx, &scope, kind, &new).await?;
@@ -263,7 +263,7 @@ async fn reserve_return(
             return Ok((parent, amount));
         }
     }
-    Err(sqlx::Error::Protocol("too many concurrent returns of one transaction".into()).into())
+    Err(StoreError::Contention("transaction"))
 }
 
 /// Raises an order's amount and escrow.
@@ -378,7 +378,7 @@ async fn insert_transaction(tx: &mut Tx, row: &NewRow<'_>) -> Result<String, Sto
     .bind(row.statement)
     .bind(ids::transaction_number(row.kind.number_prefix()))
     .bind(row.description)
-    .bind(serde_json::to_string(row.meta).unwrap_or_default())
+    .bind(super::meta_json(row.meta))
     .bind(row.now)
     .execute(&mut **tx)
     .await?;

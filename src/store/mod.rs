@@ -102,6 +102,9 @@ pub enum StoreError {
     Refused(#[from] Refusal),
     #[error("version {given} is stale; the current version is {current}")]
     StaleVersion { given: i64, current: i64 },
+    /// A compare-and-set kept losing to concurrent writers of the same row.
+    #[error("the {0} kept changing concurrently")]
+    Contention(&'static str),
     #[error("a callback to {method} {url} already exists")]
     DuplicateCallback { url: String, method: &'static str },
     #[error("Idempotency-Key {0:?} was already used with a different request")]
@@ -113,7 +116,7 @@ pub enum StoreError {
 }
 
 /// The handle every unit of work hangs off.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Db {
     /// Writes (and reads that must see them). One connection on SQLite.
     write: AnyPool,
@@ -141,6 +144,15 @@ impl Default for DbOptions {
             max_connections: 16,
             sqlite_readers: 4,
         }
+    }
+}
+
+/// Without the URL, which may carry a password.
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
     }
 }
 
@@ -182,11 +194,11 @@ impl Db {
 
     /// Whether the database answers and has every migration this build knows.
     pub async fn ready(&self) -> Result<bool, StoreError> {
-        let migrator = match self.backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
-            Backend::Postgres => sqlx::migrate!("migrations/postgres"),
-        };
-        let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        let latest = migrator(self.backend)
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
         let row = sqlx::query("SELECT MAX(version) AS version FROM _sqlx_migrations WHERE success")
             .fetch_one(self.reader())
             .await?;
@@ -195,14 +207,7 @@ impl Db {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        match self.backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.write).await?,
-            Backend::Postgres => {
-                sqlx::migrate!("migrations/postgres")
-                    .run(&self.write)
-                    .await?
-            }
-        }
+        migrator(self.backend).run(&self.write).await?;
         Ok(())
     }
 
@@ -246,6 +251,19 @@ impl Db {
         self.write.close().await;
         self.read.close().await;
     }
+}
+
+/// The migrations of a backend, embedded in the binary.
+fn migrator(backend: Backend) -> sqlx::migrate::Migrator {
+    match backend {
+        Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("migrations/postgres"),
+    }
+}
+
+/// `meta` as stored: JSON text.
+pub(crate) fn meta_json(meta: &crate::domain::input::Meta) -> String {
+    serde_json::to_string(meta).expect("a map of strings always serializes")
 }
 
 /// `sqlite:` URLs pass through (with `mode=rwc` added so the file is created); anything

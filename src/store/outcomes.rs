@@ -40,9 +40,11 @@ impl Db {
                 }
                 .into());
             }
+            // The row as it is once this update holds its lock: a refund committed meanwhile
+            // has changed `amount_returned`, and escrow must follow the newest value.
             let changed = sqlx::query(
                 "UPDATE transactions SET status = $1, failure_reason = $2, failure_reason_code = $3, \
-                 version = version + 1, updated_at = $4 WHERE id = $5 AND status = $6",
+                 version = version + 1, updated_at = $4 WHERE id = $5 AND status = $6 RETURNING amount_returned",
             )
             .bind(outcome.status.as_str())
             .bind(&outcome.failure_reason)
@@ -50,17 +52,17 @@ impl Db {
             .bind(now)
             .bind(id)
             .bind(current.status.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if changed == 1 {
-                break current;
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = changed {
+                break TxnRow {
+                    amount_returned: row.try_get("amount_returned")?,
+                    ..current
+                };
             }
             rounds += 1;
             if rounds >= CAS_ROUNDS {
-                return Err(
-                    sqlx::Error::Protocol("transaction status kept changing".into()).into(),
-                );
+                return Err(StoreError::Contention("transaction"));
             }
         };
         let order_changed = apply_outcome(&mut tx, &current, outcome.status, now).await?;
@@ -88,6 +90,15 @@ async fn apply_outcome(
     now: i64,
 ) -> Result<bool, StoreError> {
     let amount = before.amount;
+    // The parent is locked (a no-op update) before it is read, so its status cannot change
+    // under this outcome: its own outcome and its other returns wait. Lock order is always
+    // child, then parent, then order.
+    if let Some(p) = &before.parent_id {
+        sqlx::query("UPDATE transactions SET amount_returned = amount_returned WHERE id = $1")
+            .bind(p)
+            .execute(&mut **tx)
+            .await?;
+    }
     let parent = match &before.parent_id {
         Some(p) => Some(
             txn_by_id(

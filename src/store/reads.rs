@@ -111,13 +111,18 @@ impl Db {
         .bind(scope.marketplace())
         .fetch_optional(self.reader())
         .await?;
-        match row {
-            Some(row) => Ok((rows::event(&row)?, CallbackStatuses::default())),
-            None => Err(StoreError::NotFound {
+        let Some(row) = row else {
+            return Err(StoreError::NotFound {
                 kind: "event",
                 id: id.to_owned(),
-            }),
-        }
+            });
+        };
+        let statuses = self
+            .callback_statuses(&[id])
+            .await?
+            .remove(id)
+            .unwrap_or_default();
+        Ok((rows::event(&row)?, statuses))
     }
 
     pub async fn orders(&self, scope: &Scope, page: &Page) -> Result<PageOf<OrderRow>, StoreError> {

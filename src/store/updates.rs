@@ -29,10 +29,9 @@ impl Db {
                  version = version + 1, updated_at = $4 WHERE id = $5 AND version = $6",
             )
             .bind(changes.description.clone().unwrap_or(current.description))
-            .bind(
-                serde_json::to_string(changes.meta.as_ref().unwrap_or(&current.meta))
-                    .unwrap_or_default(),
-            )
+            .bind(super::meta_json(
+                changes.meta.as_ref().unwrap_or(&current.meta),
+            ))
             .bind(
                 changes
                     .delivery_address
@@ -51,7 +50,7 @@ impl Db {
             }
             rounds += 1;
             if rounds >= CAS_ROUNDS {
-                return Err(sqlx::Error::Protocol("order kept changing".into()).into());
+                return Err(StoreError::Contention("order"));
             }
         }
         let body = announce_order(&mut tx, id, "order.updated", now).await?;
@@ -79,10 +78,9 @@ impl Db {
                  updated_at = $3 WHERE id = $4 AND version = $5",
             )
             .bind(changes.description.clone().unwrap_or(current.description))
-            .bind(
-                serde_json::to_string(changes.meta.as_ref().unwrap_or(&current.meta))
-                    .unwrap_or_default(),
-            )
+            .bind(super::meta_json(
+                changes.meta.as_ref().unwrap_or(&current.meta),
+            ))
             .bind(now)
             .bind(id)
             .bind(current.version)
@@ -94,7 +92,7 @@ impl Db {
             }
             rounds += 1;
             if rounds >= CAS_ROUNDS {
-                return Err(sqlx::Error::Protocol("transaction kept changing".into()).into());
+                return Err(StoreError::Contention("transaction"));
             }
         }
         let updated = txn_by_id(&mut *tx, &Scope::All, kind, id).await?;

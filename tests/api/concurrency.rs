@@ -161,7 +161,88 @@ async fn concurrent_reversals_beyond_the_credit_exactly_those_that_fit_succeed(a
     assert_eq!(app.escrow(&order).await, (5_000, 5_000));
 }
 
+/// A refund and the debit's late failure, at once: whichever wins, the order ends empty and
+/// nothing is short (the refund either took its money first or was refused).
+async fn a_late_debit_failure_racing_a_full_refund_leaves_the_order_consistent(app: TestApp) {
+    for _ in 0..5 {
+        let order = app.order().await;
+        let debit = app.debit(&order, CARD, 10_000).await;
+        let refund_path = format!("/debits/{debit}/refunds");
+        let (refund, failure) = tokio::join!(
+            app.post(&refund_path, json!({})),
+            app.settle(&debit, json!({ "status": "failed" })),
+        );
+        assert_eq!(failure.0, StatusCode::OK, "{}", failure.1);
+        assert!(
+            matches!(refund.0, StatusCode::CREATED | StatusCode::BAD_REQUEST),
+            "{}",
+            refund.1
+        );
+        assert_eq!(app.escrow(&order).await, (0, 0));
+        let row = sqlx::query("SELECT escrow_shortfall FROM orders WHERE id = $1")
+            .bind(&order)
+            .fetch_one(app.db.reader())
+            .await
+            .expect("order");
+        assert_eq!(sqlx::Row::get::<i64, _>(&row, "escrow_shortfall"), 0);
+    }
+}
+
+/// A reversal succeeding while its credit fails: the credit's money comes back once.
+async fn a_reversal_success_racing_its_credit_failure_returns_the_money_once(app: TestApp) {
+    for _ in 0..5 {
+        let order = app.order().await;
+        app.debit(&order, CARD, 10_000).await;
+        let credit = app.credit(&order, BANK, 10_000).await;
+        app.settle(&credit, json!({ "status": "succeeded" })).await;
+        let (status, body) = app
+            .post(&format!("/credits/{credit}/reversals"), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let reversal = body["reversals"][0]["id"].as_str().expect("id").to_owned();
+        let (a, b) = tokio::join!(
+            app.settle(&reversal, json!({ "status": "succeeded" })),
+            app.settle(&credit, json!({ "status": "failed" })),
+        );
+        assert_eq!(
+            (a.0, b.0),
+            (StatusCode::OK, StatusCode::OK),
+            "{} {}",
+            a.1,
+            b.1
+        );
+        assert_eq!(app.escrow(&order).await, (10_000, 10_000));
+    }
+}
+
+/// Concurrent retries of one full refund with one key: every answer is the one refund.
+async fn concurrent_refunds_with_one_key_all_answer_the_same_refund(app: TestApp) {
+    let order = app.order().await;
+    let debit = app.debit(&order, CARD, 5_000).await;
+    let path = format!("/debits/{debit}/refunds");
+    let answers = join_all((0..8).map(|_| {
+        send(
+            app.request(reqwest::Method::POST, &path)
+                .header("Idempotency-Key", "refund-1")
+                .json(&json!({})),
+        )
+    }))
+    .await;
+    let ids: Vec<&Value> = answers
+        .iter()
+        .map(|(s, b)| {
+            assert_eq!(*s, StatusCode::CREATED, "{b}");
+            &b["refunds"][0]["id"]
+        })
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert_eq!(app.escrow(&order).await, (0, 0));
+}
+
 on_both_backends!(
+    a_late_debit_failure_racing_a_full_refund_leaves_the_order_consistent,
+    a_reversal_success_racing_its_credit_failure_returns_the_money_once,
+    concurrent_refunds_with_one_key_all_answer_the_same_refund,
     concurrent_refunds_beyond_the_debit_exactly_those_that_fit_succeed,
     concurrent_refunds_of_mixed_amounts_never_sum_past_the_debit,
     concurrent_full_refunds_only_one_succeeds,

@@ -797,7 +797,86 @@ async fn a_dispatcher_that_lost_its_lease_cannot_overwrite_the_newer_result(app:
     );
 }
 
+async fn deleting_a_callback_stops_an_attempt_in_flight_from_rescheduling(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(500)).await;
+    let (id, _) = register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    app.order().await;
+    let claimed = app
+        .db
+        .claim_due(10, 60_000_000, &[])
+        .await
+        .expect("claim")
+        .pop()
+        .expect("a due delivery");
+    let response = app
+        .request(Method::DELETE, &format!("/callbacks/{id}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let record = hookline::dispatch::http::not_sent("connect", "refused".into());
+    let next = hookline::store::deliveries::Next::RetryAt(hookline::store::now_micros());
+    let kept = app
+        .db
+        .record_attempt(
+            &claimed,
+            &record,
+            &next,
+            &hookline::store::deliveries::Health::Failing,
+            i64::MAX / 2,
+        )
+        .await
+        .expect("record");
+    assert!(!kept, "the deletion is the newer result");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'failed' AND next_attempt_at IS NULL"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        app.db.next_due().await.expect("next due"),
+        None,
+        "nothing left to wake for"
+    );
+}
+
+async fn work_of_turned_off_callbacks_is_not_due(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let (id, _) = register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    app.order().await;
+    assert!(app.db.next_due().await.expect("next due").is_some());
+    let (status, _) = app
+        .put(&format!("/callbacks/{id}"), json!({ "enabled": false }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        app.db.next_due().await.expect("next due"),
+        None,
+        "an idle dispatcher must not spin on it"
+    );
+    assert_eq!(
+        Dispatcher::new(app.db.clone(), fast())
+            .run_once()
+            .await
+            .expect("a step"),
+        0
+    );
+}
+
 on_both_backends!(
+    deleting_a_callback_stops_an_attempt_in_flight_from_rescheduling,
+    work_of_turned_off_callbacks_is_not_due,
     callbacks_are_created_shown_listed_and_deleted,
     each_event_reaches_every_matching_callback_signed,
     failed_attempts_are_retried_and_every_attempt_is_recorded,
