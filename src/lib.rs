@@ -17,6 +17,8 @@
 //! - [`dispatch`]: the dispatcher: claiming due deliveries under a lease, sending them
 //!   signed ([`signing`]), the retry schedule and the outbound address guard.
 //! - [`verify`]: for receivers, checking a delivery (pure; also `hookline verify`).
+//! - [`observe`]: Prometheus metrics for `GET /metrics`: delivery attempts counted in
+//!   process, queue depth read from the database at scrape time.
 //! - [`config`]: every command-line flag and environment variable, with defaults.
 //! - [`server`]: running the API: first-start bootstrap and graceful shutdown.
 //! - `src/main.rs`: parses the configuration, starts logging, runs a subcommand.
@@ -25,6 +27,7 @@ pub mod api;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
+pub mod observe;
 pub mod server;
 pub mod signing;
 pub mod store;

@@ -45,7 +45,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let dispatcher = Dispatcher::new(db.clone(), dispatch.config());
             let dispatching =
                 tokio::spawn(async move { hookline::dispatch::run_until_signal(dispatcher).await });
-            server::serve_api(db.clone(), api_config(&cli.config, &api), api.listen).await?;
+            let config = ApiConfig {
+                attempt_limit: i64::from(dispatch.retry_max_attempts),
+                ..api_config(&cli.config, &api)
+            };
+            server::serve_api(db.clone(), config, api.listen).await?;
             dispatching.await??;
         }
         Command::Api(api) => {
@@ -68,6 +72,7 @@ fn api_config(config: &Config, args: &ServeArgs) -> ApiConfig {
         max_body_bytes: args.max_body_bytes,
         require_https: args.require_https,
         rotation_grace: std::time::Duration::from_secs(args.rotation_grace_secs),
+        ..ApiConfig::default()
     }
 }
 

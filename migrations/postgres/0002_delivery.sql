@@ -40,6 +40,10 @@ CREATE TABLE deliveries (
     -- pending (never tried), retrying, succeeded, failed (no retries left)
     status           TEXT NOT NULL CHECK (status IN ('pending', 'retrying', 'succeeded', 'failed')),
     attempts         BIGINT NOT NULL DEFAULT 0,
+    -- The retry schedule restarts on a re-delivery by hand: it counts attempts from
+    -- `schedule_base` and its maximum age from `schedule_start`.
+    schedule_base    BIGINT NOT NULL DEFAULT 0,
+    schedule_start   BIGINT NOT NULL,
     next_attempt_at  BIGINT,
     lease_token      TEXT,
     lease_expires_at BIGINT,
@@ -49,8 +53,8 @@ CREATE TABLE deliveries (
 );
 -- Due work only: the claim query's index stays as small as the backlog of due work.
 CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status IN ('pending', 'retrying');
-CREATE INDEX deliveries_event ON deliveries (event_id);
 CREATE INDEX deliveries_callback ON deliveries (callback_id, id);
+CREATE INDEX deliveries_event_status ON deliveries (event_id, status);
 
 CREATE TABLE attempts (
     id               BIGSERIAL PRIMARY KEY,
@@ -70,6 +74,7 @@ CREATE TABLE attempts (
     succeeded        BOOLEAN NOT NULL
 );
 CREATE INDEX attempts_delivery ON attempts (delivery_id, attempt);
+CREATE INDEX attempts_started ON attempts (started_at);
 
 -- Wakes dispatchers (LISTEN hookline_deliveries) when new deliveries commit. Per row, so an
 -- event no callback wants wakes nobody; PostgreSQL sends one notification per transaction.
@@ -81,3 +86,7 @@ END
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER deliveries_notify AFTER INSERT ON deliveries
     FOR EACH ROW EXECUTE FUNCTION hookline_notify_deliveries();
+
+-- Event filters: by type, and by time.
+CREATE INDEX events_type ON events (marketplace_id, type, id);
+CREATE INDEX events_time ON events (marketplace_id, occurred_at);

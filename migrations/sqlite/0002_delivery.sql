@@ -40,6 +40,10 @@ CREATE TABLE deliveries (
     -- pending (never tried), retrying, succeeded, failed (no retries left)
     status           TEXT NOT NULL CHECK (status IN ('pending', 'retrying', 'succeeded', 'failed')),
     attempts         INTEGER NOT NULL DEFAULT 0,
+    -- The retry schedule restarts on a re-delivery by hand: it counts attempts from
+    -- `schedule_base` and its maximum age from `schedule_start`.
+    schedule_base    INTEGER NOT NULL DEFAULT 0,
+    schedule_start   INTEGER NOT NULL,
     next_attempt_at  INTEGER,
     lease_token      TEXT,
     lease_expires_at INTEGER,
@@ -49,8 +53,8 @@ CREATE TABLE deliveries (
 );
 -- Due work only: the claim query's index stays as small as the backlog of due work.
 CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status IN ('pending', 'retrying');
-CREATE INDEX deliveries_event ON deliveries (event_id);
 CREATE INDEX deliveries_callback ON deliveries (callback_id, id);
+CREATE INDEX deliveries_event_status ON deliveries (event_id, status);
 
 CREATE TABLE attempts (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -70,3 +74,8 @@ CREATE TABLE attempts (
     succeeded        INTEGER NOT NULL
 );
 CREATE INDEX attempts_delivery ON attempts (delivery_id, attempt);
+CREATE INDEX attempts_started ON attempts (started_at);
+
+-- Event filters: by type, and by time.
+CREATE INDEX events_type ON events (marketplace_id, type, id);
+CREATE INDEX events_time ON events (marketplace_id, occurred_at);

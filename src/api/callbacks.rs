@@ -1,6 +1,5 @@
 //! `/callbacks`: where a marketplace's events are delivered.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -8,16 +7,48 @@ use axum::routing::{get, post};
 
 use super::error::ApiError;
 use super::extract::{Caller, Id, Json, ListQuery};
+use super::openapi::{Op, Returns, Routes};
 use super::{AppState, created, listed};
 use crate::domain::callbacks::{CreateCallback, UpdateCallback};
 use crate::domain::views;
 use crate::store::Scope;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/callbacks", get(list).post(create))
-        .route("/callbacks/{id}", get(show).put(update).delete(remove))
-        .route("/callbacks/{id}/secret", post(rotate))
+pub fn routes() -> Routes {
+    let callbacks = |status| Returns::Collection("callbacks", status);
+    Routes::default()
+        .route(
+            "/callbacks",
+            get(list).post(create),
+            vec![
+                Op::get("List callbacks", callbacks(200)),
+                Op::post(
+                    "Register a callback; the answer shows its signing secret once",
+                    callbacks(201),
+                )
+                .body::<CreateCallback>(),
+            ],
+        )
+        .route(
+            "/callbacks/{id}",
+            get(show).put(update).delete(remove),
+            vec![
+                Op::get("Show a callback", callbacks(200)),
+                Op::put(
+                    "Turn a callback on or off, or change its event filter",
+                    callbacks(200),
+                )
+                .body::<UpdateCallback>(),
+                Op::delete("Delete a callback"),
+            ],
+        )
+        .route(
+            "/callbacks/{id}/secret",
+            post(rotate),
+            vec![Op::post(
+                "Rotate the signing secret (the old one signs too for a grace period)",
+                callbacks(200),
+            )],
+        )
 }
 
 fn one(row: &views::CallbackRow, secret: Option<&str>) -> serde_json::Value {
@@ -41,6 +72,7 @@ async fn list(
     caller: Caller,
     query: ListQuery,
 ) -> Result<Response, ApiError> {
+    query.without_filters()?;
     let scope = caller.scope(query.marketplace.as_deref());
     let page = state.db.callbacks(&scope, &query.page).await?;
     Ok(listed(

@@ -1,31 +1,81 @@
 //! `/events`, and each resource's events (`/debits/{id}/events`, ...).
 
-use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::error::ApiError;
 use super::extract::{Caller, Id, ListQuery};
+use super::openapi::{Op, Returns, Routes};
 use super::{AppState, listed};
 use crate::domain::ledger::Kind;
 use crate::domain::views::{self, CallbackStatuses, EventRow};
+use crate::store::EventFilter;
 
-pub fn routes() -> Router<AppState> {
-    let mut router = Router::new()
-        .route("/events", get(list))
-        .route("/events/{id}", get(show))
+pub fn routes() -> Routes {
+    let events = Returns::Collection("events", 200);
+    let mut routes = Routes::default()
+        .route(
+            "/events",
+            get(list),
+            vec![Op::get(
+                "List events, filtered by type, entity, time and delivery state",
+                events,
+            )],
+        )
+        .route(
+            "/events/{id}",
+            get(show),
+            vec![Op::get("Show an event", events)],
+        )
         .route(
             "/orders/{id}/events",
             get(|s, c, Id(id): Id, q| of_resource(s, c, id, q, None)),
+            vec![Op::get("List an order's events", events)],
         );
     for kind in Kind::ALL {
-        router = router.route(
+        routes = routes.route(
             &format!("/{}/{{id}}/events", kind.collection()),
             get(move |s, c, Id(id): Id, q| of_resource(s, c, id, q, Some(kind))),
+            vec![Op::get(
+                format!("List a {}'s events", kind.as_str()),
+                events,
+            )],
         );
     }
-    router
+    routes
+}
+
+/// `?type=&entity=&occurred_from=&occurred_until=&delivery_status=`.
+fn event_filter(query: &ListQuery) -> Result<EventFilter, ApiError> {
+    let text = |name: &str, max: usize| -> Result<Option<String>, ApiError> {
+        match query.filter(name) {
+            Some(v) if v.is_empty() || v.len() > max => Err(ApiError::field(
+                name,
+                format!("must be 1 to {max} characters"),
+            )),
+            other => Ok(other.map(str::to_owned)),
+        }
+    };
+    let delivery_status = text("delivery_status", 16)?;
+    if let Some(s) = &delivery_status
+        && !matches!(s.as_str(), "pending" | "retrying" | "succeeded" | "failed")
+    {
+        return Err(ApiError::field(
+            "delivery_status",
+            "must be pending, retrying, succeeded or failed",
+        ));
+    }
+    Ok(EventFilter {
+        entity: text("entity", 64)?,
+        event_type: text("type", 64)?,
+        occurred_from: super::deliveries::instant(query.filter("occurred_from"), "occurred_from")?,
+        occurred_until: super::deliveries::instant(
+            query.filter("occurred_until"),
+            "occurred_until",
+        )?,
+        delivery_status,
+    })
 }
 
 fn view((row, statuses): &(EventRow, CallbackStatuses)) -> serde_json::Value {
@@ -42,7 +92,8 @@ async fn list(
     query: ListQuery,
 ) -> Result<Response, ApiError> {
     let scope = caller.scope(query.marketplace.as_deref());
-    let page = state.db.events(&scope, None, &query.page).await?;
+    let filter = event_filter(&query)?;
+    let page = state.db.events(&scope, &filter, &query.page).await?;
     Ok(listed("events", "/events", &query, page, id, view))
 }
 
@@ -76,7 +127,14 @@ async fn of_resource(
     };
     let page = state
         .db
-        .events(&scope, Some(&resource), &query.page)
+        .events(
+            &scope,
+            &EventFilter {
+                entity: Some(resource.clone()),
+                ..event_filter(&query)?
+            },
+            &query.page,
+        )
         .await?;
     let path = format!("/{collection}/{resource}/events");
     Ok(listed("events", &path, &query, page, id, view))

@@ -221,13 +221,39 @@ struct RawListQuery {
     after: Option<String>,
     before: Option<String>,
     marketplace: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    entity: Option<String>,
+    occurred_from: Option<String>,
+    occurred_until: Option<String>,
+    delivery_status: Option<String>,
 }
 
-/// `?limit=&after=&before=&marketplace=` on every list.
+/// `?limit=&after=&before=&marketplace=` on every list, and the filters of `/events`.
 #[derive(Debug, Clone)]
 pub struct ListQuery {
     pub page: Page,
     pub marketplace: Option<String>,
+    /// The event filters given, by name, as given (they go into the page links too).
+    pub filters: Vec<(&'static str, String)>,
+}
+
+impl ListQuery {
+    /// Refuses event filters on a list that has none.
+    pub fn without_filters(&self) -> Result<(), ApiError> {
+        match self.filters.first() {
+            Some((name, _)) => Err(ApiError::field(name, "is not a filter of this list")),
+            None => Ok(()),
+        }
+    }
+
+    /// A filter's value, if given.
+    pub fn filter(&self, name: &str) -> Option<&str> {
+        self.filters
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
@@ -263,7 +289,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
                 return Err(ApiError::field(name, "must be an id"));
             }
         }
+        let filters: Vec<(&'static str, String)> = [
+            ("type", raw.event_type),
+            ("entity", raw.entity),
+            ("occurred_from", raw.occurred_from),
+            ("occurred_until", raw.occurred_until),
+            ("delivery_status", raw.delivery_status),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+        .collect();
         Ok(ListQuery {
+            filters,
             page: Page {
                 limit,
                 after: raw.after,

@@ -1,18 +1,51 @@
 //! `/healthz` (the process is up) and `/readyz` (the database answers and is migrated),
 //! for load balancers and orchestrators. No credential needed; they reveal nothing.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::error::ApiError;
+use super::extract::{Caller, ListQuery};
+use super::openapi::{Op, Returns, Routes};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub fn routes() -> Routes {
+    Routes::default()
+        .route("/healthz", get(healthz), vec![Op::get("The process is up", Returns::Object("ServiceStatus")).public()])
+        .route(
+            "/readyz",
+            get(readyz),
+            vec![Op::get("The database answers and is migrated (503 if not)", Returns::Object("ServiceStatus")).public()],
+        )
+        .route(
+            "/queue",
+            get(queue),
+            vec![Op::get("Queue health: due deliveries, oldest due age, in flight, attempts of the last minute", Returns::Object("Queue"))],
+        )
+}
+
+/// The caller's queue (the operator's: every marketplace's, or one with `?marketplace=`).
+async fn queue(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: ListQuery,
+) -> Result<axum::Json<Value>, ApiError> {
+    query.without_filters()?;
+    let q = state
+        .db
+        .queue(&caller.scope(query.marketplace.as_deref()))
+        .await?;
+    let age = q.oldest_due.map_or(0.0, |due| {
+        ((crate::store::now_micros() - due).max(0)) as f64 / 1e6
+    });
+    Ok(axum::Json(json!({
+        "due": q.due,
+        "oldest_due_age_seconds": age,
+        "in_flight": q.in_flight,
+        "attempts_last_minute": { "succeeded": q.succeeded_last_minute, "failed": q.failed_last_minute },
+    })))
 }
 
 async fn healthz() -> axum::Json<Value> {

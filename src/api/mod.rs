@@ -1,10 +1,14 @@
 //! The HTTP API: Balanced 1.1 paths and envelopes, one router per resource.
 
 mod callbacks;
+mod console;
+mod deliveries;
 pub mod error;
 mod events;
 mod extract;
 mod health;
+mod metrics;
+pub mod openapi;
 mod operator;
 mod orders;
 mod transactions;
@@ -35,6 +39,9 @@ pub struct ApiConfig {
     pub require_https: bool,
     /// How long a rotated-out secret keeps signing.
     pub rotation_grace: std::time::Duration,
+    /// Attempts per delivery schedule, as the dispatchers are configured (shown in the
+    /// delivery views).
+    pub attempt_limit: i64,
 }
 
 /// Never prints the operator token.
@@ -48,6 +55,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("require_https", &self.require_https)
             .field("rotation_grace", &self.rotation_grace)
+            .field("attempt_limit", &self.attempt_limit)
             .finish()
     }
 }
@@ -59,6 +67,9 @@ impl Default for ApiConfig {
             max_body_bytes: 256 * 1024,
             require_https: false,
             rotation_grace: std::time::Duration::from_secs(24 * 3600),
+            attempt_limit: i64::from(
+                crate::dispatch::schedule::RetrySchedule::default().max_attempts,
+            ),
         }
     }
 }
@@ -69,19 +80,47 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
 }
 
+/// Every route, each with its description.
+pub fn routes() -> openapi::Routes {
+    openapi::Routes::default()
+        .merge(health::routes())
+        .merge(console::routes())
+        .merge(metrics::routes())
+        .merge(callbacks::routes())
+        .merge(deliveries::routes())
+        .merge(orders::routes())
+        .merge(transactions::routes())
+        .merge(events::routes())
+        .merge(operator::routes())
+        .route(
+            "/openapi.json",
+            axum::routing::get(openapi_document),
+            vec![
+                openapi::Op::get(
+                    "This document: OpenAPI 3, made from the routes",
+                    openapi::Returns::Object("OpenApi"),
+                )
+                .public(),
+            ],
+        )
+}
+
+/// The document, made once from [`routes`].
+static OPENAPI: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+
+async fn openapi_document() -> axum::Json<Value> {
+    axum::Json(OPENAPI.get_or_init(|| routes().into_parts().1).clone())
+}
+
 pub fn router(db: Db, config: ApiConfig) -> Router {
     let max_body = config.max_body_bytes.max(1024);
     let state = AppState {
         db,
         config: Arc::new(config),
     };
-    Router::new()
-        .merge(health::routes())
-        .merge(callbacks::routes())
-        .merge(orders::routes())
-        .merge(transactions::routes())
-        .merge(events::routes())
-        .merge(operator::routes())
+    let (router, document) = routes().into_parts();
+    let _ = OPENAPI.set(document);
+    router
         .fallback(|req: Request| async move {
             ApiError::not_found(&format!("The route {} {}", req.method(), req.uri().path()))
         })
@@ -135,6 +174,10 @@ fn listed<T>(
     let mut base = format!("{path}?limit={limit}");
     if let Some(m) = &query.marketplace {
         base.push_str(&format!("&marketplace={m}"));
+    }
+    for (name, value) in &query.filters {
+        let value: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        base.push_str(&format!("&{name}={value}"));
     }
     let first = page.items.first().map(id);
     let last = page.items.last().map(id);

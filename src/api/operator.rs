@@ -1,6 +1,5 @@
 //! Operator-only endpoints: marketplaces, and the processor reporting outcomes.
 
-use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -8,16 +7,38 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::extract::{Id, Json, Operator};
+use super::openapi::{Op, Returns, Routes};
 use super::{AppState, created};
 use crate::domain::input::{CreateMarketplace, ProcessorOutcome};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::default()
         .route(
             "/marketplaces",
             get(list_marketplaces).post(create_marketplace),
+            vec![
+                Op::get(
+                    "List marketplaces (operator)",
+                    Returns::Collection("marketplaces", 200),
+                ),
+                Op::post(
+                    "Create a marketplace; the answer shows its API secret once (operator)",
+                    Returns::Collection("marketplaces", 201),
+                )
+                .body::<CreateMarketplace>(),
+            ],
         )
-        .route("/processor/transactions/{id}", put(record_outcome))
+        .route(
+            "/processor/transactions/{id}",
+            put(record_outcome),
+            vec![
+                Op::put(
+                    "Record the payment processor's outcome for a transaction (operator)",
+                    Returns::Object("TransactionEnvelope"),
+                )
+                .body::<ProcessorOutcome>(),
+            ],
+        )
 }
 
 async fn create_marketplace(

@@ -1,6 +1,5 @@
 //! `/orders`, and `/customers/{merchant}/orders` as Balanced created them.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -8,15 +7,46 @@ use axum::routing::{get, post};
 
 use super::error::ApiError;
 use super::extract::{Caller, Id, Json, ListQuery, idempotency_key, if_match};
+use super::openapi::{Op, Returns, Routes};
 use super::{AppState, created, listed, versioned};
 use crate::domain::input::{CreateOrder, Update};
 use crate::domain::views;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/orders", get(list).post(create))
-        .route("/customers/{merchant}/orders", post(create_for_merchant))
-        .route("/orders/{id}", get(show).put(update))
+pub fn routes() -> Routes {
+    let orders = |status| Returns::Collection("orders", status);
+    Routes::default()
+        .route(
+            "/orders",
+            get(list).post(create),
+            vec![
+                Op::get("List orders", orders(200)),
+                Op::post("Create an order (merchant in the body)", orders(201))
+                    .body::<CreateOrder>(),
+            ],
+        )
+        .route(
+            "/customers/{merchant}/orders",
+            post(create_for_merchant),
+            vec![
+                Op::post(
+                    "Create an order for a merchant, as Balanced did",
+                    orders(201),
+                )
+                .body::<CreateOrder>(),
+            ],
+        )
+        .route(
+            "/orders/{id}",
+            get(show).put(update),
+            vec![
+                Op::get("Show an order", orders(200)),
+                Op::put(
+                    "Update an order's description, meta or delivery address",
+                    orders(200),
+                )
+                .body::<Update>(),
+            ],
+        )
 }
 
 async fn create(
@@ -65,6 +95,7 @@ async fn list(
     caller: Caller,
     query: ListQuery,
 ) -> Result<Response, ApiError> {
+    query.without_filters()?;
     let scope = caller.scope(query.marketplace.as_deref());
     let page = state.db.orders(&scope, &query.page).await?;
     Ok(listed(

@@ -1,6 +1,5 @@
 //! Debits, refunds, credits and reversals: the same handlers for each kind.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -8,33 +7,45 @@ use axum::routing::get;
 
 use super::error::ApiError;
 use super::extract::{Caller, Id, Json, ListQuery, RawBody, idempotency_key, if_match, parse};
+use super::openapi::{Op, Returns, Routes};
 use super::{AppState, created, listed, versioned};
 use crate::domain::input::{CreateCredit, CreateDebit, CreateReturn, Update};
 use crate::domain::ledger::Kind;
 use crate::domain::views;
 use crate::store::{Scope, StoreError, TxnFilter};
 
-pub fn routes() -> Router<AppState> {
-    let mut router = Router::new();
+pub fn routes() -> Routes {
+    let mut routes = Routes::default();
     for kind in Kind::ALL {
-        let c = kind.collection();
-        router = router
+        let (c, one) = (kind.collection(), kind.as_str());
+        let listed = Returns::Collection(c, 200);
+        routes = routes
             .route(
                 &format!("/{c}"),
                 get(move |s, caller, q| list(s, caller, q, kind, None))
                     .post(move |s, caller, h, body| create(s, caller, h, body, kind, None)),
+                vec![
+                    Op::get(format!("List {c}"), listed),
+                    create_op(kind, format!("Create a {one}")),
+                ],
             )
             .route(
                 &format!("/{c}/{{id}}"),
                 get(move |s, caller, id| show(s, caller, id, kind))
                     .put(move |s, caller, id, h, body| update(s, caller, id, h, body, kind)),
+                vec![
+                    Op::get(format!("Show a {one}"), listed),
+                    Op::put(format!("Update a {one}'s description or meta"), listed)
+                        .body::<Update>(),
+                ],
             );
     }
     // Collections under a parent: a debit's refunds, a credit's reversals, an order's
     // transactions. POST where Balanced allowed creating there.
     for (parent, kind) in [(Kind::Debit, Kind::Refund), (Kind::Credit, Kind::Reversal)] {
-        router = router.route(
-            &format!("/{}/{{id}}/{}", parent.collection(), kind.collection()),
+        let (p, c) = (parent.as_str(), kind.collection());
+        routes = routes.route(
+            &format!("/{}/{{id}}/{c}", parent.collection()),
             get(move |s, caller, Id(id): Id, q| {
                 list(
                     s,
@@ -45,24 +56,50 @@ pub fn routes() -> Router<AppState> {
                 )
             })
             .post(move |s, caller, Id(id): Id, h, body| create(s, caller, h, body, kind, Some(id))),
+            vec![
+                Op::get(format!("List a {p}'s {c}"), Returns::Collection(c, 200)),
+                create_op(
+                    kind,
+                    format!(
+                        "Create a {} of this {p} (no amount: all that is left)",
+                        kind.as_str()
+                    ),
+                ),
+            ],
         );
     }
     for kind in Kind::ALL {
-        let path = format!("/orders/{{id}}/{}", kind.collection());
+        let c = kind.collection();
+        let path = format!("/orders/{{id}}/{c}");
         let list_route = get(move |s, caller, Id(id): Id, q| {
             list(s, caller, q, kind, Some((ParentOf::Order, id)))
         });
-        router = match kind {
-            Kind::Debit | Kind::Credit => router.route(
+        let list_op = Op::get(format!("List an order's {c}"), Returns::Collection(c, 200));
+        routes = match kind {
+            Kind::Debit | Kind::Credit => routes.route(
                 &path,
                 list_route.post(move |s, caller, Id(id): Id, h, body| {
                     create(s, caller, h, body, kind, Some(id))
                 }),
+                vec![
+                    list_op,
+                    create_op(kind, format!("Create a {} on this order", kind.as_str())),
+                ],
             ),
-            Kind::Refund | Kind::Reversal => router.route(&path, list_route),
+            Kind::Refund | Kind::Reversal => routes.route(&path, list_route, vec![list_op]),
         };
     }
-    router
+    routes
+}
+
+/// The description of a create of `kind`, with its request type.
+fn create_op(kind: Kind, summary: String) -> Op {
+    let op = Op::post(summary, Returns::Collection(kind.collection(), 201));
+    match kind {
+        Kind::Debit => op.body::<CreateDebit>(),
+        Kind::Credit => op.body::<CreateCredit>(),
+        Kind::Refund | Kind::Reversal => op.body::<CreateReturn>(),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +172,7 @@ async fn list(
     kind: Kind,
     parent: Option<(ParentOf, String)>,
 ) -> Result<Response, ApiError> {
+    query.without_filters()?;
     let scope = caller.scope(query.marketplace.as_deref());
     let (filter, path) = match &parent {
         None => (TxnFilter::All, format!("/{}", kind.collection())),

@@ -298,7 +298,8 @@ impl Dispatcher {
             // runs out of retries instead of spinning.
             Err(e) => (http::not_sent("internal", e.to_string()), None),
         };
-        let attempt = (claimed.attempts + 1) as u32;
+        // The attempt's number in its schedule (a re-delivery by hand starts a new one).
+        let attempt = (claimed.attempts - claimed.schedule_base + 1).max(1) as u32;
         let (next, health) = decide(
             &self.config.schedule,
             claimed,
@@ -314,6 +315,10 @@ impl Dispatcher {
             Next::GiveUp => "failed",
         };
         tracing::Span::current().record("outcome", outcome);
+        crate::observe::attempt_recorded(
+            outcome,
+            Duration::from_micros(record.duration_us.max(0) as u64),
+        );
         let disable_after = self.config.disable_after.as_micros() as i64;
         let mut tries = 0;
         let kept = loop {
@@ -369,7 +374,7 @@ impl Dispatcher {
 /// The shortest idle wait of the claim loop.
 const IDLE_FLOOR: Duration = Duration::from_millis(25);
 
-/// What follows an attempt: success; a retry (at `Retry-After` for 429 and 503, within
+/// What follows attempt `attempt` of the delivery's current schedule: success; a retry (at `Retry-After` for 429 and 503, within
 /// bounds, else per the schedule); or giving up, after the last attempt or on 410 Gone,
 /// which also turns the callback off. `unit` is a random number in `[0, 1)` for jitter.
 pub fn decide(
@@ -394,7 +399,8 @@ pub fn decide(
     let retry_after = answer
         .filter(|a| matches!(a.status, 429 | 503))
         .and_then(|a| a.retry_after);
-    let next = match schedule.next_attempt(attempt, claimed.created_at, now, retry_after, unit) {
+    let next = match schedule.next_attempt(attempt, claimed.schedule_start, now, retry_after, unit)
+    {
         Some(at) => Next::RetryAt(at),
         None => Next::GiveUp,
     };

@@ -1,5 +1,6 @@
 //! Callback registrations: what a marketplace may ask for, checked.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::input::InputError;
@@ -8,7 +9,7 @@ pub const MAX_URL: usize = 2048;
 pub const MAX_EVENT_TYPES: usize = 50;
 pub const MAX_EVENT_TYPE: usize = 64;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCallback {
     pub url: Option<String>,
@@ -19,7 +20,7 @@ pub struct CreateCallback {
 }
 
 /// `PUT /callbacks/{id}`: turn it on or off, change its filter.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateCallback {
     pub enabled: Option<bool>,

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
 use super::ids;
@@ -58,7 +59,7 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Optio
     T::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
     pub line1: Option<String>,
@@ -69,7 +70,7 @@ pub struct Address {
     pub country_code: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
     pub merchant: Option<String>,
@@ -78,7 +79,7 @@ pub struct CreateOrder {
     pub delivery_address: Option<Address>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDebit {
     pub amount: Option<i64>,
@@ -89,7 +90,7 @@ pub struct CreateDebit {
     pub appears_on_statement_as: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCredit {
     pub amount: Option<i64>,
@@ -101,7 +102,7 @@ pub struct CreateCredit {
 }
 
 /// A refund (of `debit`) or a reversal (of `credit`): the amount defaults to what is left.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateReturn {
     pub amount: Option<i64>,
@@ -112,18 +113,20 @@ pub struct CreateReturn {
 }
 
 /// `PUT` on any resource: only `description` and `meta` change.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Update {
     #[serde(default, deserialize_with = "present")]
+    #[schemars(with = "Option<String>")]
     pub description: Option<Option<String>>,
     pub meta: Option<Meta>,
     pub version: Option<i64>,
     #[serde(default, deserialize_with = "present")]
+    #[schemars(with = "Option<Address>")]
     pub delivery_address: Option<Option<Address>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessorOutcome {
     pub status: String,
@@ -131,7 +134,7 @@ pub struct ProcessorOutcome {
     pub failure_reason_code: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMarketplace {
     pub name: String,

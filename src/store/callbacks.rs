@@ -136,7 +136,7 @@ impl Db {
     ) -> Result<PageOf<CallbackRow>, StoreError> {
         let mut filters = vec![];
         if let Some(m) = scope.marketplace() {
-            filters.push(("marketplace_id", m.to_owned()));
+            filters.push(("marketplace_id", super::reads::Arg::Text(m.to_owned())));
         }
         let page = self
             .list(

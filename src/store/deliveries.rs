@@ -17,7 +17,10 @@ pub struct Claimed {
     pub callback_id: String,
     /// Attempts made before this one.
     pub attempts: i64,
-    pub created_at: i64,
+    /// Where the current retry schedule starts: attempts before it, and its start time
+    /// (the event's time, or the latest re-delivery by hand).
+    pub schedule_base: i64,
+    pub schedule_start: i64,
     pub lease_token: String,
 }
 
@@ -73,7 +76,7 @@ const CLAIM: &str = "UPDATE deliveries SET lease_token = $1, lease_expires_at = 
      WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $3 \
      AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $3) AND c.enabled AND c.deleted_at IS NULL \
      {exclude} ORDER BY d.next_attempt_at LIMIT $4 {lock}) \
-     RETURNING id, event_id, callback_id, attempts, created_at";
+     RETURNING id, event_id, callback_id, attempts, schedule_base, schedule_start";
 
 impl Db {
     /// Claims up to `limit` due deliveries for `lease_us`, skipping those of the callbacks
@@ -115,7 +118,8 @@ impl Db {
                     event_id: r.try_get("event_id")?,
                     callback_id: r.try_get("callback_id")?,
                     attempts: r.try_get("attempts")?,
-                    created_at: r.try_get("created_at")?,
+                    schedule_base: r.try_get("schedule_base")?,
+                    schedule_start: r.try_get("schedule_start")?,
                     lease_token: token.clone(),
                 })
             })

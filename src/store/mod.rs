@@ -12,11 +12,13 @@
 
 mod callbacks;
 pub mod deliveries;
+pub mod history;
 mod idempotency;
 mod ledger;
 mod marketplaces;
 pub mod outbox;
 mod outcomes;
+pub mod queue;
 mod reads;
 mod rows;
 mod updates;
@@ -33,7 +35,7 @@ use crate::domain::ledger::{Kind, Status};
 
 pub use idempotency::IdempotencyKey;
 pub use marketplaces::Marketplace;
-pub use reads::{Page, PageOf, TxnFilter};
+pub use reads::{EventFilter, Page, PageOf, TxnFilter};
 
 /// A database transaction on either backend.
 pub type Tx = sqlx::Transaction<'static, Any>;

@@ -61,9 +61,9 @@ where
     .execute(&mut *conn)
     .await?;
     sqlx::query::<DB>(
-        "INSERT INTO deliveries (id, event_id, callback_id, marketplace_id, status, attempts, next_attempt_at, \
-         created_at, updated_at) \
-         SELECT $1 || '_' || c.id, $1, c.id, c.marketplace_id, 'pending', 0, $3, $3, $3 FROM callbacks c \
+        "INSERT INTO deliveries (id, event_id, callback_id, marketplace_id, status, attempts, schedule_start, \
+         next_attempt_at, created_at, updated_at) \
+         SELECT $1 || '_' || c.id, $1, c.id, c.marketplace_id, 'pending', 0, $3, $3, $3, $3 FROM callbacks c \
          WHERE c.marketplace_id = $2 AND c.enabled AND c.deleted_at IS NULL \
          AND (NOT EXISTS (SELECT 1 FROM callback_event_types t WHERE t.callback_id = c.id) \
               OR EXISTS (SELECT 1 FROM callback_event_types t WHERE t.callback_id = c.id AND t.event_type = $4))",

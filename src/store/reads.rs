@@ -144,12 +144,12 @@ impl Db {
         filter: &TxnFilter,
         page: &Page,
     ) -> Result<PageOf<TxnRow>, StoreError> {
-        let mut filters = vec![("kind", kind.as_str().to_owned())];
+        let mut filters = vec![("kind", Arg::Text(kind.as_str().to_owned()))];
         scope_filter(scope, &mut filters);
         match filter {
             TxnFilter::All => {}
-            TxnFilter::Order(id) => filters.push(("order_id", id.clone())),
-            TxnFilter::Parent(id) => filters.push(("parent_id", id.clone())),
+            TxnFilter::Order(id) => filters.push(("order_id", Arg::Text(id.clone()))),
+            TxnFilter::Parent(id) => filters.push(("parent_id", Arg::Text(id.clone()))),
         }
         self.list(
             concat!("SELECT ", txn_columns!(), " FROM transactions WHERE 1 = 1"),
@@ -160,17 +160,32 @@ impl Db {
         .await
     }
 
-    /// Events, newest first; `entity` narrows them to one resource's.
+    /// Events, newest first, narrowed by `filter`.
     pub async fn events(
         &self,
         scope: &Scope,
-        entity: Option<&str>,
+        filter: &EventFilter,
         page: &Page,
     ) -> Result<PageOf<(EventRow, CallbackStatuses)>, StoreError> {
         let mut filters = Vec::new();
         scope_filter(scope, &mut filters);
-        if let Some(id) = entity {
-            filters.push(("entity_id", id.to_owned()));
+        if let Some(id) = &filter.entity {
+            filters.push(("entity_id", Arg::Text(id.clone())));
+        }
+        if let Some(t) = &filter.event_type {
+            filters.push(("type", Arg::Text(t.clone())));
+        }
+        if let Some(t) = filter.occurred_from {
+            filters.push(("occurred_at >=", Arg::Int(t)));
+        }
+        if let Some(t) = filter.occurred_until {
+            filters.push(("occurred_at <", Arg::Int(t)));
+        }
+        if let Some(status) = &filter.delivery_status {
+            filters.push((
+                "EXISTS (SELECT 1 FROM deliveries x WHERE x.event_id = events.id AND x.status =",
+                Arg::Text(status.clone()),
+            ));
         }
         let page = self
             .list(
@@ -195,34 +210,46 @@ impl Db {
         })
     }
 
-    /// `select` (a SELECT ending in a WHERE condition) narrowed by `column = value` filters
-    /// and paged by id.
+    /// `select` (a SELECT ending in a WHERE condition) narrowed by filters and paged by id.
+    /// A filter is a column (`kind`, meaning `kind = $n`) or a condition ending in its
+    /// operator (`occurred_at >=`); a condition that opens a parenthesis is closed after
+    /// its parameter. Only these fixed strings become SQL; every value is bound.
     pub(super) async fn list<T>(
         &self,
         select: &'static str,
-        filters: Vec<(&'static str, String)>,
+        filters: Vec<(&'static str, Arg)>,
         page: &Page,
         decode: fn(&AnyRow) -> Result<T, sqlx::Error>,
     ) -> Result<PageOf<T>, StoreError> {
         let mut sql = select.to_owned();
-        let mut args: Vec<String> = Vec::new();
-        for (column, value) in filters {
+        let mut args: Vec<Arg> = Vec::new();
+        for (condition, value) in filters {
             args.push(value);
-            sql.push_str(&format!(" AND {column} = ${}", args.len()));
+            let n = args.len();
+            let op = if condition.ends_with(['=', '<', '>']) {
+                ""
+            } else {
+                " ="
+            };
+            let close = if condition.contains('(') { ")" } else { "" };
+            sql.push_str(&format!(" AND {condition}{op} ${n}{close}"));
         }
         let newer_first = page.before.is_none();
         if let Some(after) = &page.after {
-            args.push(after.clone());
+            args.push(Arg::Text(after.clone()));
             sql.push_str(&format!(" AND id < ${}", args.len()));
         } else if let Some(before) = &page.before {
-            args.push(before.clone());
+            args.push(Arg::Text(before.clone()));
             sql.push_str(&format!(" AND id > ${}", args.len()));
         }
         let order = if newer_first { "DESC" } else { "ASC" };
         sql.push_str(&format!(" ORDER BY id {order} LIMIT {}", page.limit + 1));
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for arg in args {
-            query = query.bind(arg);
+            query = match arg {
+                Arg::Text(t) => query.bind(t),
+                Arg::Int(i) => query.bind(i),
+            };
         }
         let rows = query.fetch_all(self.reader()).await?;
         let more = rows.len() as i64 > page.limit;
@@ -238,8 +265,27 @@ impl Db {
     }
 }
 
-fn scope_filter(scope: &Scope, filters: &mut Vec<(&'static str, String)>) {
+/// A value bound into a list query.
+pub(super) enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// What `GET /events` narrows by.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// One resource's events.
+    pub entity: Option<String>,
+    pub event_type: Option<String>,
+    /// `occurred_at` from (inclusive) and until (exclusive), microseconds.
+    pub occurred_from: Option<i64>,
+    pub occurred_until: Option<i64>,
+    /// Events with at least one delivery in this state.
+    pub delivery_status: Option<String>,
+}
+
+fn scope_filter(scope: &Scope, filters: &mut Vec<(&'static str, Arg)>) {
     if let Some(id) = scope.marketplace() {
-        filters.push(("marketplace_id", id.to_owned()));
+        filters.push(("marketplace_id", Arg::Text(id.to_owned())));
     }
 }

@@ -14,7 +14,7 @@ use crate::common::*;
 use crate::receiver::{Answer, Receiver};
 
 /// Millisecond retries, 127.0.0.0/8 allowed, short timeouts.
-fn fast() -> DispatchConfig {
+pub(crate) fn fast() -> DispatchConfig {
     DispatchConfig {
         poll_interval: Duration::from_millis(50),
         lease: Duration::from_secs(10),
@@ -35,7 +35,7 @@ fn fast() -> DispatchConfig {
     }
 }
 
-async fn register(app: &TestApp, body: Value) -> (String, String) {
+pub(crate) async fn register(app: &TestApp, body: Value) -> (String, String) {
     let (status, body) = app.post("/callbacks", body).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let cb = &body["callbacks"][0];
@@ -46,7 +46,7 @@ async fn register(app: &TestApp, body: Value) -> (String, String) {
 }
 
 /// Runs the dispatcher step by step until no delivery is pending or retrying.
-async fn deliver_all(app: &TestApp, dispatcher: &Dispatcher) {
+pub(crate) async fn deliver_all(app: &TestApp, dispatcher: &Dispatcher) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let attempted = dispatcher.run_once().await.expect("a dispatch step");

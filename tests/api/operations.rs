@@ -1,0 +1,330 @@
+//! Operators over HTTP: an event's deliveries and their logs, re-delivery, a callback's
+//! recent attempts and health, and filtering events.
+
+use hookline::dispatch::Dispatcher;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::common::*;
+use crate::delivery::{deliver_all, fast, register};
+use crate::receiver::{Answer, Receiver};
+
+/// The newest event of `type`, visible to the app's marketplace.
+async fn newest(app: &TestApp, event_type: &str) -> String {
+    let (status, body) = app.get(&format!("/events?type={event_type}&limit=1")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["events"][0]["id"]
+        .as_str()
+        .expect("an event of that type")
+        .to_owned()
+}
+
+async fn an_events_deliveries_and_attempt_logs_are_readable(app: TestApp) {
+    let mut receiver = Receiver::scripted(vec![Answer::Status(500)], Answer::Status(200)).await;
+    let (callback, _) = register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    app.order().await;
+    deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
+    let event = newest(&app, "order.created").await;
+
+    let (status, body) = app.get(&format!("/events/{event}/callbacks")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let delivery = &body["callbacks"][0];
+    assert_eq!(delivery["id"], callback.as_str());
+    assert_eq!(delivery["status"], "succeeded");
+    assert_eq!(delivery["attempts"], 2);
+    assert_eq!(delivery["attempts_remaining"], 0);
+    assert!(delivery["attempt_limit"].as_i64().unwrap_or(0) >= 2);
+    assert_eq!(delivery["webhook_id"], format!("{event}_{callback}"));
+    let logs_href = delivery["logs"].as_str().expect("a logs link").to_owned();
+
+    let (status, logs) = app.get(&logs_href).await;
+    assert_eq!(status, StatusCode::OK, "{logs}");
+    let logs = logs["callback_logs"].as_array().expect("logs").clone();
+    assert_eq!(logs.len(), 2);
+    assert_eq!(
+        (
+            logs[0]["attempt"].clone(),
+            logs[0]["status"].clone(),
+            logs[0]["response_status"].clone()
+        ),
+        (json!(1), json!("failed"), json!(500))
+    );
+    assert_eq!(
+        (
+            logs[1]["attempt"].clone(),
+            logs[1]["status"].clone(),
+            logs[1]["response_status"].clone()
+        ),
+        (json!(2), json!("succeeded"), json!(200))
+    );
+    for log in &logs {
+        assert_eq!(log["request_mime_type"], "application/json");
+        assert!(
+            log["request_body"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&event),
+            "{log}"
+        );
+        assert!(
+            log["request_headers"]["webhook-signature"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("v1,")
+        );
+        assert!(log["duration_ms"].as_f64().is_some_and(|d| d >= 0.0));
+        assert!(log["occurred_at"].is_string());
+    }
+    assert_eq!(receiver.drain().len(), 2);
+}
+
+async fn redelivery_by_hand_requeues_once_while_pending(app: TestApp) {
+    let mut receiver = Receiver::start(Answer::Status(200)).await;
+    let (callback, _) = register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    app.order().await;
+    let dispatcher = Dispatcher::new(app.db.clone(), fast());
+    deliver_all(&app, &dispatcher).await;
+    let event = newest(&app, "order.created").await;
+    let path = format!("/events/{event}/callbacks/{callback}");
+
+    let (status, first) = app.put(&path, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["callbacks"][0]["status"], "pending");
+    assert!(
+        first["callbacks"][0]["attempts_remaining"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    );
+    let (_, again) = app.put(&path, json!({})).await;
+    assert_eq!(
+        again["callbacks"][0], first["callbacks"][0],
+        "a second replay while pending changes nothing"
+    );
+
+    deliver_all(&app, &dispatcher).await;
+    let got = receiver.drain();
+    assert_eq!(got.len(), 2, "delivered once, then once more by hand");
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    let (_, logs) = app.get(&format!("{path}/logs")).await;
+    assert_eq!(logs["callback_logs"].as_array().map(Vec::len), Some(2));
+}
+
+async fn failed_deliveries_of_a_time_range_are_requeued_in_bulk(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(503)).await;
+    let (callback, _) = register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    for _ in 0..3 {
+        app.order().await;
+    }
+    let dispatcher = Dispatcher::new(app.db.clone(), fast());
+    deliver_all(&app, &dispatcher).await;
+    let path = format!("/callbacks/{callback}/redeliveries");
+    let (status, body) = app
+        .post(&path, json!({ "from": "2000-01-01T00:00:00Z" }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["requeued"], 3);
+    let (_, body) = app.post(&path, json!({})).await;
+    assert_eq!(
+        body["requeued"], 0,
+        "already queued again: idempotent while pending"
+    );
+    let (_, failed_only) = app.get("/events?delivery_status=pending").await;
+    assert_eq!(failed_only["events"].as_array().map(Vec::len), Some(3));
+    let (status, body) = app.post(&path, json!({ "from": "yesterday" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(error(&body)["extras"].get("from").is_some());
+}
+
+async fn a_callbacks_health_and_recent_attempts_are_readable(app: TestApp) {
+    let receiver = Receiver::scripted(vec![Answer::Status(502)], Answer::Status(200)).await;
+    let (callback, _) = register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    app.order().await;
+    deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
+    let (status, body) = app.get(&format!("/callbacks/{callback}/health")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let health = &body["health"][0];
+    assert_eq!(health["attempts_last_hour"], 2);
+    assert_eq!(health["success_rate_last_hour"], 0.5);
+    assert_eq!(health["enabled"], true);
+    assert!(health["last_success_at"].is_string());
+    assert_eq!(health["last_failure"]["response_status"], 502);
+    let (status, body) = app
+        .get(&format!("/callbacks/{callback}/attempts?limit=1"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["callback_logs"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        body["callback_logs"][0]["status"], "succeeded",
+        "newest first"
+    );
+}
+
+async fn events_filter_by_type_entity_time_and_delivery_state(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(410)).await;
+    register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["debit.succeeded"] }),
+    )
+    .await;
+    let order = app.order().await;
+    let debit = app.debit(&order, CARD, 100).await;
+    app.debit(&order, CARD, 200).await;
+    deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
+
+    let types = |body: &Value| -> Vec<String> {
+        body["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let (_, body) = app.get("/events?type=debit.created&limit=100").await;
+    assert_eq!(types(&body), ["debit.created", "debit.created"]);
+    let (_, body) = app.get(&format!("/events?entity={debit}&limit=100")).await;
+    assert_eq!(types(&body).len(), 3);
+    let (_, body) = app.get("/events?delivery_status=failed&limit=100").await;
+    assert_eq!(
+        types(&body),
+        ["debit.succeeded", "debit.succeeded"],
+        "the 410 failed both deliveries"
+    );
+    let (_, body) = app.get("/events?occurred_until=2000-01-01T00:00:00Z").await;
+    assert_eq!(types(&body).len(), 0);
+    let (_, body) = app
+        .get("/events?occurred_from=2000-01-01T00:00:00Z&type=debit.created&limit=1")
+        .await;
+    let next = body["meta"]["next"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    assert!(
+        next.contains("type=debit.created"),
+        "filters stay on the page links: {next}"
+    );
+    let (_, page2) = app.get(&next).await;
+    assert_eq!(types(&page2), ["debit.created"]);
+    assert!(page2["meta"]["next"].is_null());
+    let (status, body) = app.get("/events?delivery_status=lost").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = app.get("/debits?type=debit.created").await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "only events take filters: {body}"
+    );
+}
+
+async fn another_marketplace_sees_none_of_it_and_the_operator_sees_all(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let (callback, _) = register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    app.order().await;
+    deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
+    let event = newest(&app, "order.created").await;
+    let (_, other) = app.other_marketplace().await;
+    for (method, path) in [
+        (Method::GET, format!("/events/{event}/callbacks")),
+        (Method::GET, format!("/events/{event}/callbacks/{callback}")),
+        (
+            Method::GET,
+            format!("/events/{event}/callbacks/{callback}/logs"),
+        ),
+        (Method::PUT, format!("/events/{event}/callbacks/{callback}")),
+        (Method::GET, format!("/callbacks/{callback}/health")),
+        (Method::GET, format!("/callbacks/{callback}/attempts")),
+        (Method::POST, format!("/callbacks/{callback}/redeliveries")),
+    ] {
+        let request = app
+            .client
+            .request(method.clone(), format!("{}{path}", app.base))
+            .basic_auth(&other, Some(""))
+            .json(&json!({}));
+        let (status, body) = send(request).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+    }
+    let (status, body) = send(app.operator(
+        Method::GET,
+        &format!("/events/{event}/callbacks/{callback}/logs"),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["callback_logs"].as_array().map(Vec::len), Some(1));
+    let (_, body) = send(app.operator(
+        Method::GET,
+        &format!("/events?marketplace={}&type=order.created", app.marketplace),
+    ))
+    .await;
+    assert_eq!(body["events"].as_array().map(Vec::len), Some(1));
+}
+
+async fn queue_health_counts_due_work_and_the_last_minutes_attempts(app: TestApp) {
+    let receiver = Receiver::scripted(vec![Answer::Status(500)], Answer::Status(200)).await;
+    register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    app.order().await;
+    app.order().await;
+    let (status, before) = app.get("/queue").await;
+    assert_eq!(status, StatusCode::OK, "{before}");
+    assert_eq!(before["due"], 2);
+    assert!(
+        before["oldest_due_age_seconds"]
+            .as_f64()
+            .is_some_and(|a| a >= 0.0)
+    );
+    deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
+    let (_, after) = app.get("/queue").await;
+    assert_eq!(after["due"], 0);
+    assert_eq!(after["in_flight"], 0);
+    assert_eq!(
+        after["attempts_last_minute"],
+        json!({ "succeeded": 2, "failed": 1 })
+    );
+    let (_, other) = app.other_marketplace().await;
+    let (_, theirs) = send(
+        app.client
+            .get(format!("{}/queue", app.base))
+            .basic_auth(&other, Some("")),
+    )
+    .await;
+    assert_eq!(
+        theirs["attempts_last_minute"],
+        json!({ "succeeded": 0, "failed": 0 }),
+        "a marketplace sees its own queue"
+    );
+    let (_, all) = send(app.operator(Method::GET, "/queue")).await;
+    assert_eq!(all["attempts_last_minute"]["succeeded"], 2);
+}
+
+on_both_backends!(
+    queue_health_counts_due_work_and_the_last_minutes_attempts,
+    an_events_deliveries_and_attempt_logs_are_readable,
+    redelivery_by_hand_requeues_once_while_pending,
+    failed_deliveries_of_a_time_range_are_requeued_in_bulk,
+    a_callbacks_health_and_recent_attempts_are_readable,
+    events_filter_by_type_entity_time_and_delivery_state,
+    another_marketplace_sees_none_of_it_and_the_operator_sees_all,
+);
