@@ -199,6 +199,126 @@ async fn killed_dispatcher_loses_nothing(url: String) {
     );
 }
 
+/// Runs `hookline serve` with debug logs, uses every kind of secret (the API secret, the
+/// operator token, a callback's signing secret) through the API and a delivery, and reads
+/// the logs: none of them appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_contain_secrets() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("a directory");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("address").port();
+    drop(listener);
+    let operator = "operator-secret-token-for-the-log-test";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--allow-network",
+            "127.0.0.0/8",
+        ])
+        .args(["--log-format", "json"])
+        .env("HOOKLINE_DATABASE_URL", dir.path().join("logs.db"))
+        .env("HOOKLINE_OPERATOR_TOKEN", operator)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hookline serve");
+    // Both streams are read as they come, so a pipe never fills and stalls hookline.
+    let (announced, secret_rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(word) = line.split_whitespace().find(|w| w.starts_with("hlsk_")) {
+                let _ = announced.send(word.to_owned());
+            }
+        }
+    });
+    let stderr = child.stderr.take().expect("stderr");
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(stderr), &mut text);
+        text
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "hookline did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first marketplace's secret: shown once on standard output, by design.
+    let secret = secret_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the announced secret");
+    let (hook, tally) = receiver(Duration::ZERO).await;
+    let created: serde_json::Value = client
+        .post(format!("{base}/callbacks"))
+        .basic_auth(&secret, Some(""))
+        .json(&json!({ "url": hook }))
+        .send()
+        .await
+        .expect("create a callback")
+        .json()
+        .await
+        .expect("json");
+    let whsec = created["callbacks"][0]["secret"]
+        .as_str()
+        .expect("a whsec secret")
+        .to_owned();
+    let order = client
+        .post(format!("{base}/orders"))
+        .bearer_auth(&secret)
+        .json(&json!({ "merchant": "/customers/CU1aISiQGTsURlHIHO0Ajnag" }))
+        .send()
+        .await
+        .expect("create an order");
+    assert_eq!(order.status(), 201);
+    let _ = client
+        .get(format!("{base}/marketplaces"))
+        .bearer_auth(operator)
+        .send()
+        .await;
+    let _ = client
+        .get(format!("{base}/orders"))
+        .bearer_auth("a-wrong-secret-value")
+        .send()
+        .await;
+    while tally.total() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no delivery arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().expect("stop");
+    child.wait().expect("reaped");
+    let logs = logs.join().expect("the logs");
+    assert!(
+        logs.contains("delivery attempt recorded"),
+        "the logs cover a delivery: {logs}"
+    );
+    for (what, value) in [
+        ("API secret", secret.as_str()),
+        ("operator token", operator),
+        ("whsec secret", whsec.as_str()),
+        ("wrong secret", "a-wrong-secret-value"),
+    ] {
+        assert!(!logs.contains(value), "the {what} appears in the logs");
+    }
+    let key = whsec.trim_start_matches("whsec_");
+    assert!(!logs.contains(key), "the signing key appears in the logs");
+}
+
 #[test]
 fn hookline_verify_accepts_a_known_vector_and_refuses_a_tampered_body() {
     use std::io::Write;
