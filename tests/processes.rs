@@ -241,11 +241,21 @@ async fn logs_never_contain_secrets() {
         }
     });
     let stderr = child.stderr.take().expect("stderr");
-    let logs = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(stderr), &mut text);
-        text
-    });
+    let logs = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let logs = logs.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut all = logs.lock().expect("lock");
+                all.push_str(&line);
+                all.push('\n');
+            }
+        })
+    };
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let started = Instant::now();
@@ -293,20 +303,23 @@ async fn logs_never_contain_secrets() {
         .bearer_auth("a-wrong-secret-value")
         .send()
         .await;
-    while tally.total() == 0 {
+    // Wait until the delivery arrived and its attempt was recorded and logged.
+    while tally.total() == 0
+        || !logs
+            .lock()
+            .expect("lock")
+            .contains("delivery attempt recorded")
+    {
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "no delivery arrived"
+            "no delivery was recorded"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child.kill().expect("stop");
     child.wait().expect("reaped");
-    let logs = logs.join().expect("the logs");
-    assert!(
-        logs.contains("delivery attempt recorded"),
-        "the logs cover a delivery: {logs}"
-    );
+    reader.join().expect("the log reader");
+    let logs = logs.lock().expect("lock").clone();
     for (what, value) in [
         ("API secret", secret.as_str()),
         ("operator token", operator),
