@@ -127,7 +127,12 @@ impl Routes {
 }
 
 fn document(paths: &BTreeMap<String, Vec<Op>>) -> Value {
-    let mut generator = SchemaSettings::openapi3().into_generator();
+    // OpenAPI 3.1 schemas are JSON Schema 2020-12, which Balanced's models (draft-04,
+    // `"type": ["string", "null"]`) fit; the request types' schemas are made to match.
+    let mut settings = SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    settings.meta_schema = None;
+    let mut generator = settings.into_generator();
     let mut components = own_schemas();
     let mut out = Map::new();
     for (path, ops) in paths {
@@ -158,7 +163,7 @@ fn document(paths: &BTreeMap<String, Vec<Op>>) -> Value {
     }
     components.extend(generator.take_definitions(true));
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "hookline",
             "version": env!("CARGO_PKG_VERSION"),
@@ -319,7 +324,7 @@ fn own_schemas() -> Map<String, Value> {
         "description": "The resource as GET returned it when the event occurred, in its envelope",
     });
     let string = json!({ "type": "string" });
-    let nullable_string = json!({ "type": "string", "nullable": true });
+    let nullable_string = json!({ "type": ["string", "null"] });
     let int = json!({ "type": "integer" });
     let objects = [
         (
@@ -357,19 +362,19 @@ fn own_schemas() -> Map<String, Value> {
             json!({ "type": "object", "properties": {
             "webhook_id": string, "attempt": int, "occurred_at": string, "duration_ms": { "type": "number" },
             "status": { "type": "string", "enum": ["succeeded", "failed"] }, "request_mime_type": string,
-            "request_headers": { "type": "object" }, "request_body": string, "response_status": { "type": "integer", "nullable": true },
-            "response_mime_type": nullable_string, "response_headers": { "type": "object", "nullable": true },
+            "request_headers": { "type": "object" }, "request_body": string, "response_status": { "type": ["integer", "null"] },
+            "response_mime_type": nullable_string, "response_headers": { "type": ["object", "null"] },
             "response_body": nullable_string,
-            "error_code": { "type": "string", "nullable": true, "enum": ["timeout", "connect", "dns", "tls", "blocked", "body-too-large", "internal", null] },
+            "error_code": { "type": ["string", "null"], "enum": ["timeout", "connect", "dns", "tls", "blocked", "body-too-large", "internal", null] },
             "error_detail": nullable_string } }),
         ),
         (
             "Health",
             json!({ "type": "object", "properties": {
             "callback": string, "enabled": { "type": "boolean" }, "disabled_reason": nullable_string,
-            "success_rate_last_hour": { "type": "number", "nullable": true }, "attempts_last_hour": int,
-            "success_rate_last_day": { "type": "number", "nullable": true }, "attempts_last_day": int,
-            "last_success_at": nullable_string, "last_failure": { "type": "object", "nullable": true } } }),
+            "success_rate_last_hour": { "type": ["number", "null"] }, "attempts_last_hour": int,
+            "success_rate_last_day": { "type": ["number", "null"] }, "attempts_last_day": int,
+            "last_success_at": nullable_string, "last_failure": { "type": ["object", "null"] } } }),
         ),
         (
             "DeliveryEnvelope",

@@ -23,7 +23,7 @@ fn refs(value: &Value, out: &mut Vec<String>) {
 async fn the_document_describes_every_route_and_method_the_server_answers(app: TestApp) {
     let (status, doc) = send(app.client.get(format!("{}/openapi.json", app.base))).await;
     assert_eq!(status, StatusCode::OK, "{doc}");
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     let described = hookline::api::routes().described();
     assert!(described.len() >= 40, "{} paths", described.len());
     for (path, methods) in &described {
