@@ -20,7 +20,7 @@ pub fn routes() -> Routes {
             "/callbacks",
             get(list).post(create),
             vec![
-                Op::get("List callbacks", callbacks(200)),
+                Op::get("List callbacks", callbacks(200)).paged(),
                 Op::post(
                     "Register a callback; the answer shows its signing secret once",
                     callbacks(201),
@@ -101,8 +101,15 @@ async fn update(
     Id(id): Id,
     Json { value, .. }: Json<UpdateCallback>,
 ) -> Result<Response, ApiError> {
-    // The marketplace, or the operator (who may turn any callback back on).
+    // The marketplace, or the operator, who may turn any callback on or off but not change
+    // what it subscribes to.
     let scope = caller.scope(None);
+    if scope == Scope::All && value.event_types.is_some() {
+        return Err(ApiError::field(
+            "event_types",
+            "is the marketplace's to change, not the operator's",
+        ));
+    }
     let row = state
         .db
         .update_callback(&scope, &id, value.validate()?)

@@ -46,7 +46,10 @@ pub fn routes() -> Routes {
         .route(
             "/callbacks/{id}/attempts",
             get(callback_attempts),
-            vec![Op::get("A callback's latest attempts", logs_)],
+            vec![
+                Op::get("A callback's latest attempts", logs_)
+                    .query("limit", "How many, 1 to 100 (default 20)"),
+            ],
         )
         .route(
             "/callbacks/{id}/health",

@@ -138,6 +138,11 @@ impl From<StoreError> for ApiError {
                 err.extras.insert("version".into(), json!(current));
                 err
             }
+            StoreError::InFlight => Self::new(
+                StatusCode::CONFLICT,
+                "attempt-in-flight",
+                "An attempt of this delivery is in flight; re-deliver once it has finished.",
+            ),
             StoreError::Contention(what) => Self::new(
                 StatusCode::CONFLICT,
                 "concurrent-update",

@@ -18,10 +18,27 @@ pub fn routes() -> Routes {
         .route(
             "/events",
             get(list),
-            vec![Op::get(
-                "List events, filtered by type, entity, time and delivery state",
-                events,
-            )],
+            vec![
+                Op::get(
+                    "List events, filtered by type, entity, time and delivery state",
+                    events,
+                )
+                .paged()
+                .query("type", "Events of this type, e.g. debit.succeeded")
+                .query("entity", "Events of this resource id")
+                .query(
+                    "occurred_from",
+                    "Events that occurred at or after this RFC 3339 time",
+                )
+                .query(
+                    "occurred_until",
+                    "Events that occurred before this RFC 3339 time",
+                )
+                .query(
+                    "delivery_status",
+                    "Events with a delivery in this state: pending, retrying, succeeded or failed",
+                ),
+            ],
         )
         .route(
             "/events/{id}",
@@ -31,16 +48,13 @@ pub fn routes() -> Routes {
         .route(
             "/orders/{id}/events",
             get(|s, c, Id(id): Id, q| of_resource(s, c, id, q, None)),
-            vec![Op::get("List an order's events", events)],
+            vec![Op::get("List an order's events", events).paged()],
         );
     for kind in Kind::ALL {
         routes = routes.route(
             &format!("/{}/{{id}}/events", kind.collection()),
             get(move |s, c, Id(id): Id, q| of_resource(s, c, id, q, Some(kind))),
-            vec![Op::get(
-                format!("List a {}'s events", kind.as_str()),
-                events,
-            )],
+            vec![Op::get(format!("List a {}'s events", kind.as_str()), events).paged()],
         );
     }
     routes
@@ -66,9 +80,27 @@ fn event_filter(query: &ListQuery) -> Result<EventFilter, ApiError> {
             "must be pending, retrying, succeeded or failed",
         ));
     }
+    let entity = text("entity", 64)?;
+    if entity
+        .as_ref()
+        .is_some_and(|e| !e.bytes().all(|b| b.is_ascii_alphanumeric()))
+    {
+        return Err(ApiError::field("entity", "must be a resource id"));
+    }
+    let event_type = text("type", 64)?;
+    let well_formed = |t: &str| {
+        t.split('.')
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+    };
+    if event_type.as_deref().is_some_and(|t| !well_formed(t)) {
+        return Err(ApiError::field(
+            "type",
+            "must be an event type like debit.created",
+        ));
+    }
     Ok(EventFilter {
-        entity: text("entity", 64)?,
-        event_type: text("type", 64)?,
+        entity,
+        event_type,
         occurred_from: super::deliveries::instant(query.filter("occurred_from"), "occurred_from")?,
         occurred_until: super::deliveries::instant(
             query.filter("occurred_until"),

@@ -22,6 +22,9 @@ pub struct Op {
     response: Returns,
     /// False for the few endpoints that need no credential.
     authenticated: bool,
+    /// Optional query parameters and request headers, with what they do.
+    query: Vec<(&'static str, &'static str)>,
+    headers: Vec<(&'static str, &'static str)>,
 }
 
 /// What a route answers with on success.
@@ -49,6 +52,8 @@ impl Op {
             request: None,
             response,
             authenticated: true,
+            query: Vec::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -71,6 +76,33 @@ impl Op {
     /// The request body is a `T`.
     pub fn body<T: JsonSchema>(mut self) -> Op {
         self.request = Some(subschema::<T>);
+        self
+    }
+
+    /// A list: `limit`, the `after`/`before` cursors, and the operator's `marketplace`.
+    pub fn paged(self) -> Op {
+        self.query("limit", "Items per page, 1 to 100 (default 10)")
+            .query(
+                "after",
+                "Items older than this id (the meta.next link carries it)",
+            )
+            .query(
+                "before",
+                "Items newer than this id (the meta.previous link carries it)",
+            )
+            .query(
+                "marketplace",
+                "The operator's filter: one marketplace's items",
+            )
+    }
+
+    pub fn query(mut self, name: &'static str, description: &'static str) -> Op {
+        self.query.push((name, description));
+        self
+    }
+
+    pub fn header(mut self, name: &'static str, description: &'static str) -> Op {
+        self.headers.push((name, description));
         self
     }
 
@@ -143,9 +175,16 @@ fn document(paths: &BTreeMap<String, Vec<Op>>) -> Value {
             .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
             .collect();
         for op in ops {
+            let mut all = parameters.clone();
+            for (place, list) in [("query", &op.query), ("header", &op.headers)] {
+                for (name, description) in list {
+                    all.push(json!({ "name": name, "in": place, "required": false,
+                        "description": description, "schema": { "type": "string" } }));
+                }
+            }
             let mut operation = json!({
                 "summary": op.summary,
-                "parameters": parameters,
+                "parameters": all,
                 "responses": responses(op.response, &mut components),
             });
             if let Some(request) = op.request {

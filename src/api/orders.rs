@@ -19,9 +19,13 @@ pub fn routes() -> Routes {
             "/orders",
             get(list).post(create),
             vec![
-                Op::get("List orders", orders(200)),
+                Op::get("List orders", orders(200)).paged(),
                 Op::post("Create an order (merchant in the body)", orders(201))
-                    .body::<CreateOrder>(),
+                    .body::<CreateOrder>()
+                    .header(
+                        "Idempotency-Key",
+                        "A repeat with the same key returns the first response and creates nothing",
+                    ),
             ],
         )
         .route(
@@ -32,7 +36,11 @@ pub fn routes() -> Routes {
                     "Create an order for a merchant, as Balanced did",
                     orders(201),
                 )
-                .body::<CreateOrder>(),
+                .body::<CreateOrder>()
+                .header(
+                    "Idempotency-Key",
+                    "A repeat with the same key returns the first response and creates nothing",
+                ),
             ],
         )
         .route(
@@ -44,7 +52,11 @@ pub fn routes() -> Routes {
                     "Update an order's description, meta or delivery address",
                     orders(200),
                 )
-                .body::<Update>(),
+                .body::<Update>()
+                .header(
+                    "If-Match",
+                    "The version (ETag) the update expects; a stale one gets 409",
+                ),
             ],
         )
 }

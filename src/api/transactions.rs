@@ -25,7 +25,7 @@ pub fn routes() -> Routes {
                 get(move |s, caller, q| list(s, caller, q, kind, None))
                     .post(move |s, caller, h, body| create(s, caller, h, body, kind, None)),
                 vec![
-                    Op::get(format!("List {c}"), listed),
+                    Op::get(format!("List {c}"), listed).paged(),
                     create_op(kind, format!("Create a {one}")),
                 ],
             )
@@ -36,7 +36,11 @@ pub fn routes() -> Routes {
                 vec![
                     Op::get(format!("Show a {one}"), listed),
                     Op::put(format!("Update a {one}'s description or meta"), listed)
-                        .body::<Update>(),
+                        .body::<Update>()
+                        .header(
+                            "If-Match",
+                            "The version (ETag) the update expects; a stale one gets 409",
+                        ),
                 ],
             );
     }
@@ -57,7 +61,7 @@ pub fn routes() -> Routes {
             })
             .post(move |s, caller, Id(id): Id, h, body| create(s, caller, h, body, kind, Some(id))),
             vec![
-                Op::get(format!("List a {p}'s {c}"), Returns::Collection(c, 200)),
+                Op::get(format!("List a {p}'s {c}"), Returns::Collection(c, 200)).paged(),
                 create_op(
                     kind,
                     format!(
@@ -74,7 +78,7 @@ pub fn routes() -> Routes {
         let list_route = get(move |s, caller, Id(id): Id, q| {
             list(s, caller, q, kind, Some((ParentOf::Order, id)))
         });
-        let list_op = Op::get(format!("List an order's {c}"), Returns::Collection(c, 200));
+        let list_op = Op::get(format!("List an order's {c}"), Returns::Collection(c, 200)).paged();
         routes = match kind {
             Kind::Debit | Kind::Credit => routes.route(
                 &path,
@@ -94,7 +98,10 @@ pub fn routes() -> Routes {
 
 /// The description of a create of `kind`, with its request type.
 fn create_op(kind: Kind, summary: String) -> Op {
-    let op = Op::post(summary, Returns::Collection(kind.collection(), 201));
+    let op = Op::post(summary, Returns::Collection(kind.collection(), 201)).header(
+        "Idempotency-Key",
+        "A repeat with the same key returns the first response and creates nothing",
+    );
     match kind {
         Kind::Debit => op.body::<CreateDebit>(),
         Kind::Credit => op.body::<CreateCredit>(),

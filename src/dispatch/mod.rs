@@ -296,7 +296,11 @@ impl Dispatcher {
             }
             // Nothing was sent, but the attempt counts and is recorded, so a lasting fault
             // runs out of retries instead of spinning.
-            Err(e) => (http::not_sent("internal", e.to_string()), None),
+            Err(e) => {
+                tracing::error!(error = %e, "preparing a delivery attempt failed");
+                let detail = "hookline could not prepare the request; see its logs".to_owned();
+                (http::not_sent("internal", detail), None)
+            }
         };
         // The attempt's number in its schedule (a re-delivery by hand starts a new one).
         let attempt = (claimed.attempts - claimed.schedule_base + 1).max(1) as u32;
@@ -315,10 +319,6 @@ impl Dispatcher {
             Next::GiveUp => "failed",
         };
         tracing::Span::current().record("outcome", outcome);
-        crate::observe::attempt_recorded(
-            outcome,
-            Duration::from_micros(record.duration_us.max(0) as u64),
-        );
         let disable_after = self.config.disable_after.as_micros() as i64;
         let mut tries = 0;
         let kept = loop {
@@ -338,6 +338,11 @@ impl Dispatcher {
                 Err(e) => return Err(e),
             }
         };
+        // Counted once it is in the attempt log, as the log is what the counters sum up.
+        crate::observe::attempt_recorded(
+            outcome,
+            Duration::from_micros(record.duration_us.max(0) as u64),
+        );
         if kept {
             tracing::info!(status = ?record.response_status, error = record.error_code, "delivery attempt recorded");
         } else {

@@ -175,12 +175,16 @@ impl Db {
         if let Some(enabled) = changes.enabled {
             sqlx::query(
                 "UPDATE callbacks SET enabled = $1, \
-                 disabled_reason = CASE WHEN $1 THEN NULL ELSE COALESCE(disabled_reason, 'turned off by the marketplace') END, \
+                 disabled_reason = CASE WHEN $1 THEN NULL ELSE COALESCE(disabled_reason, $4) END, \
                  failing_since = CASE WHEN $1 THEN NULL ELSE failing_since END, updated_at = $2 WHERE id = $3",
             )
             .bind(enabled)
             .bind(now)
             .bind(&current.id)
+            .bind(match scope {
+                Scope::Marketplace(_) => "turned off by the marketplace",
+                Scope::All => "turned off by the operator",
+            })
             .execute(&mut *tx)
             .await?;
         }

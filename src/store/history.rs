@@ -234,9 +234,20 @@ impl Db {
         event_id: &str,
         callback_id: &str,
     ) -> Result<DeliveryRow, StoreError> {
+        // A deleted callback's deliveries stay finished (404 here, as for any deleted one).
+        self.callback(scope, callback_id).await?;
         let found = self.delivery(scope, event_id, callback_id).await?;
         let mut tx = self.begin().await?;
         let now = now_micros();
+        let leased =
+            sqlx::query("SELECT 1 FROM deliveries WHERE id = $1 AND lease_expires_at > $2")
+                .bind(&found.id)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if leased.is_some() {
+            return Err(StoreError::InFlight);
+        }
         sqlx::query(
             "UPDATE deliveries SET status = 'pending', schedule_base = attempts, schedule_start = $1, \
              next_attempt_at = $1, updated_at = $1 WHERE id = $2 AND status IN ('succeeded', 'failed')",
@@ -274,7 +285,8 @@ impl Db {
         let queued = sqlx::query(
             "UPDATE deliveries SET status = 'pending', schedule_base = attempts, schedule_start = $1, \
              next_attempt_at = $1, updated_at = $1 WHERE callback_id = $2 AND status = 'failed' \
-             AND event_id IN (SELECT id FROM events WHERE occurred_at >= $3 AND occurred_at < $4)",
+             AND EXISTS (SELECT 1 FROM events e WHERE e.id = deliveries.event_id \
+                         AND e.occurred_at >= $3 AND e.occurred_at < $4)",
         )
         .bind(now)
         .bind(callback_id)

@@ -104,6 +104,9 @@ pub enum StoreError {
     Refused(#[from] Refusal),
     #[error("version {given} is stale; the current version is {current}")]
     StaleVersion { given: i64, current: i64 },
+    /// A delivery has an attempt in flight; re-delivering it now could be lost.
+    #[error("an attempt of this delivery is in flight")]
+    InFlight,
     /// A compare-and-set kept losing to concurrent writers of the same row.
     #[error("the {0} kept changing concurrently")]
     Contention(&'static str),

@@ -90,6 +90,36 @@ async fn the_document_describes_every_route_and_method_the_server_answers(app: T
             "{method} {path}"
         );
     }
+    // Query parameters and headers are described too.
+    let names = |path: &str, method: &str| -> Vec<String> {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    for name in [
+        "limit",
+        "after",
+        "before",
+        "type",
+        "entity",
+        "occurred_from",
+        "occurred_until",
+        "delivery_status",
+    ] {
+        assert!(
+            names("/events", "get").iter().any(|n| n == name),
+            "/events lacks {name}"
+        );
+    }
+    assert!(
+        names("/debits", "post")
+            .iter()
+            .any(|n| n == "Idempotency-Key")
+    );
+    assert!(names("/debits/{id}", "put").iter().any(|n| n == "If-Match"));
     let mut all = Vec::new();
     refs(&doc, &mut all);
     assert!(!all.is_empty());

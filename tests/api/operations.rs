@@ -319,7 +319,73 @@ async fn queue_health_counts_due_work_and_the_last_minutes_attempts(app: TestApp
     assert_eq!(all["attempts_last_minute"]["succeeded"], 2);
 }
 
+async fn redelivery_is_refused_while_an_attempt_is_in_flight_and_after_a_delete(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(500)).await;
+    let (callback, _) = register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    app.order().await;
+    let event = newest(&app, "order.created").await;
+    let path = format!("/events/{event}/callbacks/{callback}");
+    let claimed = app.db.claim_due(10, 60_000_000, &[]).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let (status, body) = app.put(&path, json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(error(&body)["category_code"], "attempt-in-flight");
+    app.db.release(&claimed).await.expect("release");
+    let response = app
+        .request(Method::DELETE, &format!("/callbacks/{callback}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let (status, _) = app.put(&path, json!({})).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a deleted callback gets no re-delivery"
+    );
+}
+
+async fn event_filters_refuse_malformed_values(app: TestApp) {
+    for query in [
+        "entity=%00",
+        "entity=WD%27x",
+        "type=Debit%20Created",
+        "type=%00",
+        "occurred_from=soon",
+    ] {
+        let (status, body) = app.get(&format!("/events?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+    }
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let (callback, _) = register(&app, json!({ "url": receiver.url })).await;
+    let (status, body) = send(
+        app.operator(Method::PUT, &format!("/callbacks/{callback}"))
+            .json(&json!({ "event_types": ["debit.created"] })),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "the operator does not change subscriptions: {body}"
+    );
+    let (_, body) = send(
+        app.operator(Method::PUT, &format!("/callbacks/{callback}"))
+            .json(&json!({ "enabled": false })),
+    )
+    .await;
+    assert_eq!(
+        body["callbacks"][0]["disabled_reason"],
+        "turned off by the operator"
+    );
+}
+
 on_both_backends!(
+    redelivery_is_refused_while_an_attempt_is_in_flight_and_after_a_delete,
+    event_filters_refuse_malformed_values,
     queue_health_counts_due_work_and_the_last_minutes_attempts,
     an_events_deliveries_and_attempt_logs_are_readable,
     redelivery_by_hand_requeues_once_while_pending,
