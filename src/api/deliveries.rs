@@ -154,9 +154,22 @@ async fn event_deliveries(
         .db
         .event_deliveries(&caller.scope(None), &event)
         .await?;
-    let limit = state.config.attempt_limit;
-    let items: Vec<Value> = rows.iter().map(|r| delivery_view(r, limit)).collect();
-    Ok(axum::Json(json!({ "callbacks": items, "links": {} })).into_response())
+    Ok(deliveries(&rows, state.config.attempt_limit))
+}
+
+/// Deliveries in Balanced's envelope (`/events/{id}/callbacks` called them callbacks).
+fn deliveries(rows: &[DeliveryRow], attempt_limit: i64) -> Response {
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| delivery_view(r, attempt_limit))
+        .collect();
+    axum::Json(json!({ "callbacks": items, "links": {} })).into_response()
+}
+
+/// Attempts in the envelope of Balanced's callback logs.
+fn attempts(rows: &[AttemptRow]) -> Response {
+    let items: Vec<Value> = rows.iter().map(attempt_view).collect();
+    axum::Json(json!({ "callback_logs": items, "links": {} })).into_response()
 }
 
 async fn show(
@@ -168,10 +181,7 @@ async fn show(
         .db
         .delivery(&caller.scope(None), &event, &callback)
         .await?;
-    Ok(
-        axum::Json(json!({ "callbacks": [delivery_view(&row, state.config.attempt_limit)] }))
-            .into_response(),
-    )
+    Ok(deliveries(&[row], state.config.attempt_limit))
 }
 
 /// Balanced's replay: delivers the event to the callback again.
@@ -184,10 +194,7 @@ async fn redeliver(
         .db
         .redeliver(&caller.scope(None), &event, &callback)
         .await?;
-    Ok(
-        axum::Json(json!({ "callbacks": [delivery_view(&row, state.config.attempt_limit)] }))
-            .into_response(),
-    )
+    Ok(deliveries(&[row], state.config.attempt_limit))
 }
 
 async fn logs(
@@ -199,8 +206,7 @@ async fn logs(
         .db
         .delivery_attempts(&caller.scope(None), &event, &callback)
         .await?;
-    let items: Vec<Value> = rows.iter().map(attempt_view).collect();
-    Ok(axum::Json(json!({ "callback_logs": items, "links": {} })).into_response())
+    Ok(attempts(&rows))
 }
 
 #[derive(Deserialize)]
@@ -227,8 +233,7 @@ async fn callback_attempts(
         .db
         .callback_attempts(&caller.scope(None), &callback, limit)
         .await?;
-    let items: Vec<Value> = rows.iter().map(attempt_view).collect();
-    Ok(axum::Json(json!({ "callback_logs": items, "links": {} })).into_response())
+    Ok(attempts(&rows))
 }
 
 async fn health(
