@@ -22,6 +22,10 @@ const RECEIVER_BODY: &str = "<b id=\"injected\">receiver says no</b>";
 const STEP: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(hookline_chromium),
+    ignore = "browser test skipped: install Debian's chromium and chromium-driver, then set HOOKLINE_TEST_CHROMIUM=1"
+)]
 async fn a_person_clicks_from_an_event_to_its_failed_attempt() {
     // Everything (browser start included) within a minute; the guards below end
     // chromedriver and its browser if this gives up.
