@@ -127,14 +127,24 @@ impl Db {
     }
 
     /// Gives claimed deliveries back before their lease runs out, for others to take.
+    /// One statement per batch: each delivery is released only under the lease it was
+    /// claimed with (id and token both bound).
     pub async fn release(&self, claimed: &[Claimed]) -> Result<(), StoreError> {
-        for c in claimed {
-            sqlx::query("UPDATE deliveries SET lease_token = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_token = $2")
-                .bind(&c.id)
-                .bind(&c.lease_token)
-                .execute(self.writer())
-                .await?;
+        if claimed.is_empty() {
+            return Ok(());
         }
+        let pairs: Vec<String> = (0..claimed.len())
+            .map(|i| format!("(id = ${} AND lease_token = ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let sql = format!(
+            "UPDATE deliveries SET lease_token = NULL, lease_expires_at = NULL WHERE {}",
+            pairs.join(" OR ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for c in claimed {
+            query = query.bind(&c.id).bind(&c.lease_token);
+        }
+        query.execute(self.writer()).await?;
         Ok(())
     }
 
