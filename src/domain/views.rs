@@ -47,7 +47,6 @@ pub struct TxnRow {
 /// An event as stored in the outbox.
 #[derive(Debug, Clone)]
 pub struct EventRow {
-    pub seq: i64,
     pub id: String,
     pub marketplace_id: String,
     pub event_type: String,

@@ -26,7 +26,7 @@ macro_rules! txn_columns {
 /// The columns of `events` that [`event`] decodes.
 macro_rules! event_columns {
     () => {
-        "seq, id, marketplace_id, type, entity_id, occurred_at, entity"
+        "id, marketplace_id, type, entity_id, occurred_at, entity"
     };
 }
 
@@ -78,7 +78,6 @@ pub fn transaction(row: &AnyRow) -> Result<TxnRow, sqlx::Error> {
 
 pub fn event(row: &AnyRow) -> Result<EventRow, sqlx::Error> {
     Ok(EventRow {
-        seq: row.try_get("seq")?,
         id: row.try_get("id")?,
         marketplace_id: row.try_get("marketplace_id")?,
         event_type: row.try_get("type")?,
