@@ -16,7 +16,7 @@
 //!
 //! 1. **API**: `--api-requests` creates through the in-process HTTP API (an order, then a debit
 //!    on it, alternately), `--api-concurrency` at once, with the marketplace's secret.
-//! 2. **Throughput**: `--events` events through `hookline::store::outbox::enqueue`, by
+//! 2. **Throughput**: `--events` events through `hookline::store::outbox::enqueue_many`, by
 //!    `--writers` tasks committing `--tx-batch` events per transaction, while the dispatcher
 //!    runs. Deliveries per second = events x K / (first enqueue -> last delivery settled).
 //! 3. **Latency**: events at a fixed offered `--rate` (one per transaction) for
@@ -71,6 +71,11 @@ use sqlx::Row;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The allocator the `hookline` binary runs with, so the in-process dispatcher is measured
+/// as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A card id in Balanced's format, for debits.
 const CARD: &str = "/cards/CC1cEczBXQmQz8GhkV1I9gje";
 const MERCHANT: &str = "/customers/CU1aISiQGTsURlHIHO0Ajnag";
@@ -124,14 +129,14 @@ struct Args {
     /// Events per transaction in the throughput phase.
     #[arg(long, default_value_t = 100)]
     tx_batch: usize,
-    /// Dispatcher: attempts in flight per process.
-    #[arg(long, default_value_t = 256)]
+    /// Dispatcher: deliveries held per process (in flight and waiting).
+    #[arg(long, default_value_t = 1024)]
     concurrency: usize,
     /// Dispatcher: attempts in flight per callback.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 32)]
     per_callback: usize,
     /// Dispatcher: deliveries claimed per round trip.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     batch: i64,
     /// Attempts per delivery (retries 10 ms, 20 ms, 40 ms, ... apart).
     #[arg(long, default_value_t = 5)]
@@ -245,6 +250,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn main() -> ExitCode {
     let args = Args::parse().effective();
+    // Logs only when asked (`RUST_LOG=sqlx=debug` shows every statement with its time).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -666,22 +678,22 @@ async fn enqueue_throughput(args: &Args, db: &Db, marketplace: &str) -> Result<f
                 if first >= total {
                     return Ok::<(), BoxError>(());
                 }
+                let written = now_micros();
+                let entities: Vec<(String, Value)> = (first..(first + batch).min(total))
+                    .map(|seq| entity(seq, &padding, written))
+                    .collect();
+                let events: Vec<NewEvent> = entities
+                    .iter()
+                    .map(|(id, entity)| NewEvent {
+                        marketplace_id: &marketplace,
+                        event_type: "order.updated",
+                        entity_id: id,
+                        entity,
+                        occurred_at: written,
+                    })
+                    .collect();
                 let mut tx = db.begin().await?;
-                for seq in first..(first + batch).min(total) {
-                    let written = now_micros();
-                    let (id, entity) = entity(seq, &padding, written);
-                    outbox::enqueue::<sqlx::Any>(
-                        &mut *tx,
-                        NewEvent {
-                            marketplace_id: &marketplace,
-                            event_type: "order.updated",
-                            entity_id: &id,
-                            entity: &entity,
-                            occurred_at: written,
-                        },
-                    )
-                    .await?;
-                }
+                outbox::enqueue_many::<sqlx::Any>(&mut *tx, &events).await?;
                 tx.commit().await?;
                 // In-process: what Dispatcher::wake does. PostgreSQL also NOTIFYs.
                 db.wake_handle().notify_one();
@@ -789,24 +801,28 @@ fn percentiles(samples: &mut [i64]) -> String {
     )
 }
 
-/// Waits until no delivery is pending or retrying; returns (succeeded, failed).
+/// Waits until no delivery is pending or retrying (one probe of the due index, cheap to
+/// poll); returns (succeeded, failed).
 async fn wait_settled(db: &Db) -> Result<(i64, i64), BoxError> {
-    loop {
-        let row = sqlx::query(
-            "SELECT \
-             COALESCE(SUM(CASE WHEN status IN ('pending', 'retrying') THEN 1 ELSE 0 END), 0), \
-             COALESCE(SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END), 0), \
-             COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) FROM deliveries",
-        )
-        .fetch_one(db.reader())
-        .await?;
-        let open: i64 = row.try_get(0)?;
-        let (ok, failed): (i64, i64) = (row.try_get(1)?, row.try_get(2)?);
-        if open == 0 {
-            return Ok((ok, failed));
-        }
+    const OPEN: &str = "SELECT 1 FROM deliveries WHERE status IN ('pending', 'retrying') LIMIT 1";
+    while sqlx::query(OPEN)
+        .fetch_optional(db.reader())
+        .await?
+        .is_some()
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let ok = count(
+        db,
+        "SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded'",
+    )
+    .await?;
+    let failed = count(
+        db,
+        "SELECT COUNT(*) FROM deliveries WHERE status = 'failed'",
+    )
+    .await?;
+    Ok((ok, failed))
 }
 
 async fn count(db: &Db, sql: &'static str) -> Result<i64, BoxError> {

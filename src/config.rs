@@ -98,7 +98,7 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DispatchArgs {
     /// Deliveries claimed per round trip to the database.
-    #[arg(long, env = "HOOKLINE_DISPATCH_BATCH", default_value_t = 64)]
+    #[arg(long, env = "HOOKLINE_DISPATCH_BATCH", default_value_t = 256)]
     pub dispatch_batch: i64,
     /// How long a claim holds, in seconds; keep it above the request timeout.
     #[arg(long, env = "HOOKLINE_DISPATCH_LEASE_SECS", default_value_t = 60)]
@@ -106,11 +106,12 @@ pub struct DispatchArgs {
     /// The longest wait before looking for due work when nothing signalled, in ms.
     #[arg(long, env = "HOOKLINE_DISPATCH_POLL_MS", default_value_t = 1000)]
     pub dispatch_poll_ms: u64,
-    /// Attempts in flight at once in this process.
-    #[arg(long, env = "HOOKLINE_DISPATCH_CONCURRENCY", default_value_t = 256)]
+    /// Deliveries this process holds at once: attempts in flight, and claimed ones waiting
+    /// for their callback's turn.
+    #[arg(long, env = "HOOKLINE_DISPATCH_CONCURRENCY", default_value_t = 1024)]
     pub dispatch_concurrency: usize,
-    /// Attempts in flight at once to one callback.
-    #[arg(long, env = "HOOKLINE_DISPATCH_PER_CALLBACK", default_value_t = 8)]
+    /// Attempts in flight at once to one callback (as many again may wait their turn).
+    #[arg(long, env = "HOOKLINE_DISPATCH_PER_CALLBACK", default_value_t = 32)]
     pub dispatch_per_callback: usize,
     /// Connect timeout per attempt, in ms.
     #[arg(long, env = "HOOKLINE_CONNECT_TIMEOUT_MS", default_value_t = 5000)]

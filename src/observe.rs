@@ -127,7 +127,7 @@ pub fn render(queue: &Queue, now: i64) -> String {
     gauge(
         &mut text,
         QUEUE_DUE,
-        "Deliveries due now, those being attempted included.",
+        "Deliveries due now and not being attempted.",
         queue.due as f64,
     );
     gauge(

@@ -5,6 +5,7 @@
 use std::error::Error as _;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue};
 
 use super::guard::{Blocked, Guard, literal_ip};
@@ -27,17 +28,21 @@ pub async fn attempt(
     guard: &Guard,
     target: &Target,
     webhook_id: &str,
-    body: &[u8],
+    body: Bytes,
     max_response_bytes: usize,
 ) -> (AttemptRecord, Option<Answer>) {
     let started_at = now_micros();
     let clock = Instant::now();
     let timestamp = started_at / 1_000_000;
     // A GET carries no body; its signature covers the empty body.
-    let sent_body: &[u8] = if target.method == "get" { b"" } else { body };
+    let sent_body = if target.method == "get" {
+        Bytes::new()
+    } else {
+        body
+    };
     let secrets: Vec<&str> = target.secrets.iter().map(String::as_str).collect();
     let signature =
-        signing::signature_header(&secrets, webhook_id, timestamp, sent_body).unwrap_or_default();
+        signing::signature_header(&secrets, webhook_id, timestamp, &sent_body).unwrap_or_default();
     let mut request_headers = vec![
         ("content-type".to_owned(), "application/json".to_owned()),
         ("user-agent".to_owned(), USER_AGENT.to_owned()),
@@ -52,7 +57,7 @@ pub async fn attempt(
         started_at,
         duration_us: 0,
         request_headers: request_headers.clone(),
-        request_body: String::from_utf8_lossy(sent_body).into_owned(),
+        request_body: String::from_utf8_lossy(&sent_body).into_owned(),
         response_status: None,
         response_headers: None,
         response_body: None,
@@ -125,7 +130,7 @@ async fn send(
     guard: &Guard,
     target: &Target,
     headers: &[(String, String)],
-    body: &[u8],
+    body: Bytes,
     max_response_bytes: usize,
 ) -> Result<Response, (&'static str, String)> {
     let url = reqwest::Url::parse(&target.url).map_err(|e| ("connect", format!("bad URL: {e}")))?;
@@ -148,7 +153,7 @@ async fn send(
     }
     let mut request = client.request(method, url).headers(header_map);
     if !body.is_empty() {
-        request = request.body(body.to_vec());
+        request = request.body(body);
     }
     let mut response = request.send().await.map_err(classify)?;
     let status = response.status().as_u16();

@@ -1,9 +1,15 @@
-//! The dispatcher: claims due deliveries under a lease, sends each outside any database
-//! transaction, and records the attempt and the next schedule fenced by the lease.
+//! The dispatcher: claims due deliveries in batches under a lease, sends each outside any
+//! database transaction, and records the attempt and the next schedule fenced by the lease.
 //!
 //! - `schedule`: the retry schedule, a pure function of the attempt number.
 //! - `guard`: which addresses deliveries may go to.
 //! - `http`: one signed attempt over HTTP.
+//! - `recorder`: writes finished attempts, many per transaction.
+//!
+//! Each callback has a lane in this process: at most `per_callback` attempts in flight and
+//! as many claimed ones waiting. A claim in due order finds work for every callback; a
+//! callback that stays busy is then refilled by claims of its own due work (an index
+//! range), so a large backlog is never rescanned to skip the callbacks that hold enough.
 //!
 //! Any number of dispatchers may run on one PostgreSQL (claims skip what others hold);
 //! on SQLite, one. New work wakes a dispatcher at once (a PostgreSQL NOTIFY from the
@@ -12,21 +18,24 @@
 
 pub mod guard;
 pub mod http;
+mod recorder;
 pub mod schedule;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use ipnet::IpNet;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::store::deliveries::{Claimed, Health, Next};
+use crate::store::deliveries::{Claimed, Finished, Health, Next, Target};
 use crate::store::{Backend, Db, StoreError, now_micros};
 use guard::Guard;
+use recorder::Recorder;
 use schedule::RetrySchedule;
 
 /// Every knob of the dispatcher. `Default` is the production default.
@@ -34,15 +43,17 @@ use schedule::RetrySchedule;
 pub struct DispatchConfig {
     /// Deliveries claimed per round trip to the database.
     pub batch_size: i64,
-    /// How long a claim holds; longer than `request_timeout`, so a live dispatcher never
-    /// loses a lease mid-attempt.
+    /// How long a claim holds; longer than twice `request_timeout` (a claimed delivery may
+    /// wait for one attempt of its callback's to finish, then take one), so a live
+    /// dispatcher never loses a lease mid-attempt.
     pub lease: Duration,
     /// The longest a dispatcher sleeps before looking for due work when nothing woke it.
     pub poll_interval: Duration,
-    /// Attempts in flight at once in this process.
+    /// Deliveries this process holds at once: attempts in flight, and claimed ones waiting
+    /// for their callback's turn.
     pub concurrency: usize,
     /// Attempts in flight at once to one callback, so one slow receiver cannot hold up
-    /// the others.
+    /// the others. As many again may be claimed and wait, so the next ones are at hand.
     pub per_callback: usize,
     pub connect_timeout: Duration,
     /// The whole attempt, answer included.
@@ -62,11 +73,11 @@ pub struct DispatchConfig {
 impl Default for DispatchConfig {
     fn default() -> Self {
         Self {
-            batch_size: 64,
+            batch_size: 256,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
-            concurrency: 256,
-            per_callback: 8,
+            concurrency: 1024,
+            per_callback: 32,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
             max_response_bytes: 64 * 1024,
@@ -91,10 +102,51 @@ pub struct Dispatcher {
     config: Arc<DispatchConfig>,
     client: reqwest::Client,
     guard: Arc<Guard>,
+    /// New work may be due (the outbox, a re-delivery, a NOTIFY).
     wake: Arc<Notify>,
-    /// Attempts in flight per callback, in this process.
-    in_flight: Arc<Mutex<HashMap<String, usize>>>,
-    slots: Arc<Semaphore>,
+    /// A busy callback ran out of claimed work and wants more.
+    refill: Arc<Notify>,
+    lanes: Arc<Mutex<Lanes>>,
+}
+
+/// The deliveries this process holds (claimed and not yet recorded), per callback.
+#[derive(Default)]
+struct Lanes {
+    by_callback: HashMap<String, Lane>,
+    /// Deliveries claimed and not yet in the attempt log (waiting, in flight, or being
+    /// written): at most `concurrency`.
+    held: usize,
+}
+
+/// One callback's deliveries in this process: at most `per_callback` attempts in flight,
+/// and as many again claimed and waiting for their turn, so a busy callback's next
+/// attempts are at hand when the current ones finish.
+#[derive(Default)]
+struct Lane {
+    in_flight: usize,
+    waiting: VecDeque<Job>,
+    /// The last claim for this callback got all it asked for: more may be due, and it is
+    /// claimed for this lane alone when the lane runs low.
+    busy: bool,
+}
+
+impl Lane {
+    fn held(&self) -> usize {
+        self.in_flight + self.waiting.len()
+    }
+}
+
+/// A claimed delivery with what its attempt sends, or why nothing can be sent.
+struct Job {
+    claimed: Claimed,
+    request: Result<(Arc<Target>, Bytes), &'static str>,
+}
+
+/// What a round of claims brought back.
+struct Claims {
+    claimed: usize,
+    /// The round ran out of room with callbacks still waiting for a claim.
+    full: bool,
 }
 
 impl Dispatcher {
@@ -105,15 +157,14 @@ impl Dispatcher {
             config.connect_timeout,
             config.request_timeout,
         );
-        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         Dispatcher {
             wake: db.wake_handle(),
+            refill: Arc::default(),
             db,
             config: Arc::new(config),
             client,
             guard,
-            in_flight: Arc::default(),
-            slots,
+            lanes: Arc::default(),
         }
     }
 
@@ -124,63 +175,68 @@ impl Dispatcher {
 
     /// Delivers until `shutdown` resolves; then claims nothing more, lets attempts in
     /// flight finish for up to `shutdown_grace`, and releases the deliveries of any that
-    /// did not.
+    /// did not, and of those still waiting.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), DispatchError> {
         tokio::pin!(shutdown);
         let listener = self.listen();
-        let mut tasks: JoinSet<()> = JoinSet::new();
-        let mut claimed_in_flight: HashMap<String, Claimed> = HashMap::new();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (recorder, writer) = self.recorder(done_tx);
+        let mut runners: JoinSet<()> = JoinSet::new();
+        let mut held: HashMap<String, Claimed> = HashMap::new();
+        let mut discover = true;
+        let mut next_look = tokio::time::Instant::now();
         tracing::info!("dispatcher running");
         loop {
             while let Ok(id) = done_rx.try_recv() {
-                claimed_in_flight.remove(&id);
+                held.remove(&id);
             }
-            while tasks.try_join_next().is_some() {}
-            let mut full_batch = false;
-            match self.claim().await {
-                Ok(batch) => {
-                    full_batch = batch.len() as i64 >= self.config.batch_size;
-                    for (claimed, slot) in batch {
-                        claimed_in_flight.insert(claimed.id.clone(), claimed.clone());
-                        let this = self.clone();
-                        let done = done_tx.clone();
-                        tasks.spawn(async move {
-                            let id = claimed.id.clone();
-                            this.deliver(claimed, slot).await;
-                            let _ = done.send(id);
-                        });
-                    }
+            while runners.try_join_next().is_some() {}
+            let round = self
+                .claim_round(discover, &recorder, &mut runners, &mut held)
+                .await;
+            match round {
+                // Out of room with work still due: look again shortly (busy callbacks are
+                // refilled as their attempts finish meanwhile).
+                Ok(claims) if claims.full => {
+                    next_look = tokio::time::Instant::now() + IDLE_FLOOR;
                 }
-                Err(e) => tracing::error!(error = %e, "claiming due deliveries failed"),
+                Ok(_) if discover => {
+                    let wait = self.sleep_for().await.max(IDLE_FLOOR);
+                    next_look = tokio::time::Instant::now() + wait;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming due deliveries failed");
+                    next_look = tokio::time::Instant::now() + IDLE_FLOOR;
+                }
             }
-            if full_batch && self.slots.available_permits() > 0 {
-                continue;
-            }
-            // What is still due now could not be claimed (its callback is at its cap): a
-            // finishing attempt wakes the loop, so a short floor keeps it from spinning.
-            let sleep = self.sleep_for().await.max(IDLE_FLOOR);
+            discover = false;
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(sleep) => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = self.wake.notified() => discover = true,
+                _ = tokio::time::sleep_until(next_look) => discover = true,
+                _ = self.refill.notified() => {}
             }
         }
-        tracing::info!(in_flight = tasks.len(), "dispatcher stopping");
+        tracing::info!(held = held.len(), "dispatcher stopping");
         let _ = tokio::time::timeout(self.config.shutdown_grace, async {
-            while tasks.join_next().await.is_some() {}
+            while runners.join_next().await.is_some() {}
         })
         .await;
-        tasks.abort_all();
+        runners.abort_all();
+        while runners.join_next().await.is_some() {}
+        // Attempts already handed to the writer are written before anything is released.
+        drop(recorder);
+        let _ = writer.await;
         while let Ok(id) = done_rx.try_recv() {
-            claimed_in_flight.remove(&id);
+            held.remove(&id);
         }
-        let unfinished: Vec<Claimed> = claimed_in_flight.into_values().collect();
+        *self.lanes.lock().unwrap_or_else(|p| p.into_inner()) = Lanes::default();
+        let unfinished: Vec<Claimed> = held.into_values().collect();
         if !unfinished.is_empty() {
             tracing::warn!(
                 count = unfinished.len(),
-                "releasing deliveries still in flight"
+                "releasing deliveries not attempted or still in flight"
             );
             self.db.release(&unfinished).await?;
         }
@@ -190,18 +246,20 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Claims one batch and delivers it, waiting for every attempt: one deterministic step
-    /// for tests. Returns how many deliveries were attempted.
+    /// Claims one batch and delivers it, waiting for every attempt to be recorded: one
+    /// deterministic step for tests. Returns how many deliveries were attempted.
     pub async fn run_once(&self) -> Result<usize, DispatchError> {
-        let batch = self.claim().await?;
-        let count = batch.len();
-        let mut tasks = JoinSet::new();
-        for (claimed, slot) in batch {
-            let this = self.clone();
-            tasks.spawn(async move { this.deliver(claimed, slot).await });
-        }
-        while tasks.join_next().await.is_some() {}
-        Ok(count)
+        let (done_tx, _done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (recorder, writer) = self.recorder(done_tx);
+        let mut runners = JoinSet::new();
+        let mut held = HashMap::new();
+        let claims = self
+            .claim_round(true, &recorder, &mut runners, &mut held)
+            .await?;
+        while runners.join_next().await.is_some() {}
+        drop(recorder);
+        let _ = writer.await;
+        Ok(claims.claimed)
     }
 
     /// How long to sleep: until the next delivery falls due, at most `poll_interval`.
@@ -216,88 +274,240 @@ impl Dispatcher {
         }
     }
 
-    /// Claims as many due deliveries as there are free slots, each with its slot, never
-    /// more per callback than `per_callback`; the excess of a batch is released at once.
-    async fn claim(&self) -> Result<Vec<(Claimed, OwnedSemaphorePermit)>, DispatchError> {
-        let free = self.slots.available_permits() as i64;
-        if free == 0 {
-            return Ok(Vec::new());
-        }
-        let saturated: Vec<String> = {
-            let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            in_flight
-                .iter()
-                .filter(|(_, n)| **n >= self.config.per_callback)
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
+    /// One round of claims within this process's room (`concurrency` held at most), each
+    /// for one callback's own due work, at most what its lane may still hold: for each busy
+    /// callback that ran low, and, if `discover`, for every other callback with due work.
+    /// Claimed deliveries start at once where their callback has an attempt to spare and
+    /// wait their turn otherwise.
+    async fn claim_round(
+        &self,
+        discover: bool,
+        recorder: &Recorder,
+        runners: &mut JoinSet<()>,
+        held: &mut HashMap<String, Claimed>,
+    ) -> Result<Claims, DispatchError> {
+        let cap = self.config.per_callback;
         let lease = self.config.lease.as_micros() as i64;
-        let batch = self
-            .db
-            .claim_due(self.config.batch_size.min(free), lease, &saturated)
-            .await?;
-        let (mut keep, mut excess) = (Vec::new(), Vec::new());
+        let (mut room, mut wanted, skip) = {
+            let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            let room = self.config.concurrency.saturating_sub(lanes.held);
+            // Busy lanes that ran low; the others with room are found by discovery.
+            let wanted: Vec<(String, usize)> = lanes
+                .by_callback
+                .iter()
+                .filter(|(_, lane)| lane.busy && lane.held() <= cap)
+                .map(|(id, lane)| (id.clone(), 2 * cap - lane.held()))
+                .collect();
+            let skip: Vec<String> = lanes
+                .by_callback
+                .iter()
+                .filter(|(_, lane)| lane.busy || lane.held() >= 2 * cap)
+                .map(|(id, _)| id.clone())
+                .collect();
+            (room, wanted, skip)
+        };
+        let mut claims = Claims {
+            claimed: 0,
+            full: false,
+        };
+        if discover && room > 0 {
+            let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
+            let found = self.db.due_callbacks(&skip).await?;
+            let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            for callback in found {
+                let held = lanes.by_callback.get(&callback).map_or(0, Lane::held);
+                wanted.push((callback, 2 * cap - held));
+            }
+        }
+        let mut claimed = Vec::new();
+        let (mut busy, mut drained) = (Vec::new(), Vec::new());
+        for (callback, want) in wanted {
+            let want = want.min(room);
+            if want == 0 {
+                // No room left this round: the callback's work stays due for the next.
+                claims.full = true;
+                break;
+            }
+            let got = self.db.claim_due_for(&callback, want as i64, lease).await?;
+            if got.len() < want {
+                drained.push(callback);
+            } else {
+                busy.push(callback);
+            }
+            room -= got.len();
+            claims.claimed += got.len();
+            claimed.extend(got);
+        }
+        let inputs = if claimed.is_empty() {
+            Inputs::Unreadable
+        } else {
+            self.inputs(&claimed).await
+        };
+        let mut start = Vec::new();
         {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            for claimed in batch {
-                let n = in_flight.entry(claimed.callback_id.clone()).or_insert(0);
-                match self.slots.clone().try_acquire_owned() {
-                    Ok(slot) if *n < self.config.per_callback => {
-                        *n += 1;
-                        keep.push((claimed, slot));
+            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            let Lanes {
+                by_callback,
+                held: total,
+            } = &mut *lanes;
+            for claimed in claimed {
+                held.insert(claimed.id.clone(), claimed.clone());
+                *total += 1;
+                let lane = by_callback.entry(claimed.callback_id.clone()).or_default();
+                let job = Job {
+                    request: inputs.request(&claimed),
+                    claimed,
+                };
+                if lane.in_flight < cap {
+                    lane.in_flight += 1;
+                    start.push(job);
+                } else {
+                    lane.waiting.push_back(job);
+                }
+            }
+            for callback in busy {
+                by_callback.entry(callback).or_default().busy = true;
+            }
+            for callback in drained {
+                if let Some(lane) = by_callback.get_mut(&callback) {
+                    lane.busy = false;
+                    if lane.held() == 0 {
+                        by_callback.remove(&callback);
                     }
-                    _ => excess.push(claimed),
                 }
             }
         }
-        if !excess.is_empty() {
-            // Their leases expire anyway; a failed early release only delays them.
-            if let Err(e) = self.db.release(&excess).await {
-                tracing::warn!(error = %e, "releasing deliveries over the cap failed");
-            }
+        for job in start {
+            let (this, recorder) = (self.clone(), recorder.clone());
+            runners.spawn(async move { this.run_lane(job, &recorder).await });
         }
-        Ok(keep)
+        Ok(claims)
     }
 
-    /// One attempt of one delivery, recorded. Errors are logged: the lease then expires and
-    /// the delivery is taken again.
-    async fn deliver(&self, claimed: Claimed, _slot: OwnedSemaphorePermit) {
+    /// Attempts `job`, then the callback's waiting jobs one after another, holding one of
+    /// its `per_callback` attempts in flight until none waits.
+    async fn run_lane(&self, mut job: Job, recorder: &Recorder) {
+        let callback = job.claimed.callback_id.clone();
+        loop {
+            self.deliver(job, recorder).await;
+            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(lane) = lanes.by_callback.get_mut(&callback) else {
+                return;
+            };
+            let next = lane.waiting.pop_front();
+            if next.is_none() {
+                lane.in_flight = lane.in_flight.saturating_sub(1);
+            }
+            if lane.busy && lane.held() <= self.config.per_callback {
+                self.refill.notify_one();
+            }
+            match next {
+                Some(next) => job = next,
+                None => {
+                    if lane.held() == 0 && !lane.busy {
+                        lanes.by_callback.remove(&callback);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The attempt log's writer, and what happens once an attempt is written: it is counted
+    /// and logged, its delivery is no longer held, and `done` gets its id.
+    fn recorder(
+        &self,
+        done: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> (Recorder, tokio::task::JoinHandle<()>) {
+        let lanes = self.lanes.clone();
+        let on_written = move |finished: &Finished, written: Result<bool, String>| {
+            let record = &finished.record;
+            let outcome = outcome(&finished.next);
+            let _span = tracing::info_span!(
+                "delivery_attempt",
+                event_id = %finished.claimed.event_id,
+                delivery_id = %finished.claimed.id,
+                callback_id = %finished.claimed.callback_id,
+                attempt = finished.claimed.attempts + 1,
+                outcome,
+            )
+            .entered();
+            let (status, error) = (record.response_status, record.error_code);
+            match written {
+                Ok(kept) => {
+                    // Counted once it is in the attempt log, as the log is what the
+                    // counters sum up.
+                    let duration = Duration::from_micros(record.duration_us.max(0) as u64);
+                    crate::observe::attempt_recorded(outcome, duration);
+                    if !kept {
+                        tracing::warn!(
+                            "lease lost before the attempt was recorded; the newer result stands"
+                        );
+                    } else if outcome == "succeeded" {
+                        tracing::debug!(status, "delivery attempt recorded");
+                    } else {
+                        tracing::info!(status, error, "delivery attempt recorded");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "recording a delivery attempt failed"),
+            }
+            let mut lanes = lanes.lock().unwrap_or_else(|p| p.into_inner());
+            lanes.held = lanes.held.saturating_sub(1);
+            let _ = done.send(finished.claimed.id.clone());
+        };
+        Recorder::start(
+            self.db.clone(),
+            self.config.disable_after,
+            Box::new(on_written),
+        )
+    }
+
+    /// The targets and event bodies of a batch, one query each.
+    async fn inputs(&self, batch: &[Claimed]) -> Inputs {
+        let (mut callbacks, mut events): (Vec<&str>, Vec<&str>) = batch
+            .iter()
+            .map(|c| (c.callback_id.as_str(), c.event_id.as_str()))
+            .unzip();
+        callbacks.sort_unstable();
+        callbacks.dedup();
+        events.sort_unstable();
+        events.dedup();
+        let read = async {
+            let targets = self.db.targets(&callbacks).await?;
+            let bodies = self.db.event_bodies(&events).await?;
+            let targets = targets.into_iter().map(|(k, v)| (k, Arc::new(v)));
+            Ok::<_, StoreError>(Inputs::Read {
+                targets: targets.collect(),
+                bodies,
+            })
+        };
+        read.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading what a batch of attempts needs failed");
+            Inputs::Unreadable
+        })
+    }
+
+    /// One attempt of one delivery, handed to the attempt log's writer.
+    async fn deliver(&self, job: Job, recorder: &Recorder) {
+        let Job { claimed, request } = job;
         let span = tracing::info_span!(
             "delivery_attempt",
             event_id = %claimed.event_id,
             delivery_id = %claimed.id,
             callback_id = %claimed.callback_id,
             attempt = claimed.attempts + 1,
-            outcome = tracing::field::Empty,
         );
-        let callback = claimed.callback_id.clone();
-        if let Err(e) = self.attempt(&claimed).instrument(span.clone()).await {
-            span.in_scope(|| tracing::error!(error = %e, "recording a delivery attempt failed"));
-        }
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = in_flight.get_mut(&callback) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                in_flight.remove(&callback);
-            }
-        }
-    }
-
-    async fn attempt(&self, claimed: &Claimed) -> Result<(), StoreError> {
-        let prepared = async {
-            let target = self.db.target(&claimed.callback_id).await?;
-            let body = self.db.event_body(&claimed.event_id).await?;
-            Ok::<_, StoreError>((target, body))
-        };
-        let (record, answer) = match prepared.await {
+        let (record, answer) = match request {
             Ok((target, body)) => {
                 let max = self.config.max_response_bytes;
-                http::attempt(&self.client, &self.guard, &target, &claimed.id, &body, max).await
+                http::attempt(&self.client, &self.guard, &target, &claimed.id, body, max)
+                    .instrument(span)
+                    .await
             }
             // Nothing was sent, but the attempt counts and is recorded, so a lasting fault
             // runs out of retries instead of spinning.
-            Err(e) => {
-                tracing::error!(error = %e, "preparing a delivery attempt failed");
+            Err(why) => {
+                span.in_scope(|| tracing::error!("preparing a delivery attempt failed: {why}"));
                 let detail = "hookline could not prepare the request; see its logs".to_owned();
                 (http::not_sent("internal", detail), None)
             }
@@ -306,49 +516,19 @@ impl Dispatcher {
         let attempt = (claimed.attempts - claimed.schedule_base + 1).max(1) as u32;
         let (next, health) = decide(
             &self.config.schedule,
-            claimed,
+            &claimed,
             attempt,
             record.succeeded,
             answer.as_ref(),
             now_micros(),
             rand::random(),
         );
-        let outcome = match &next {
-            Next::Succeeded => "succeeded",
-            Next::RetryAt(_) => "retrying",
-            Next::GiveUp => "failed",
-        };
-        tracing::Span::current().record("outcome", outcome);
-        let disable_after = self.config.disable_after.as_micros() as i64;
-        let mut tries = 0;
-        let kept = loop {
-            match self
-                .db
-                .record_attempt(claimed, &record, &next, &health, disable_after)
-                .await
-            {
-                Ok(kept) => break kept,
-                // A passing database fault must not lose the attempt: try a few times
-                // before leaving the delivery to its lease.
-                Err(e) if tries < 3 => {
-                    tries += 1;
-                    tracing::warn!(error = %e, tries, "recording the attempt failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(tries))).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        // Counted once it is in the attempt log, as the log is what the counters sum up.
-        crate::observe::attempt_recorded(
-            outcome,
-            Duration::from_micros(record.duration_us.max(0) as u64),
-        );
-        if kept {
-            tracing::info!(status = ?record.response_status, error = record.error_code, "delivery attempt recorded");
-        } else {
-            tracing::warn!("lease lost before the attempt was recorded; the newer result stands");
-        }
-        Ok(())
+        recorder.record(Finished {
+            claimed,
+            record,
+            next,
+            health,
+        });
     }
 
     /// On PostgreSQL, a task that turns NOTIFYs on the deliveries table into wake-ups.
@@ -376,7 +556,42 @@ impl Dispatcher {
     }
 }
 
-/// The shortest idle wait of the claim loop.
+/// What a batch of attempts sends: each callback's target and each event's body.
+enum Inputs {
+    Read {
+        targets: HashMap<String, Arc<Target>>,
+        bodies: HashMap<String, Bytes>,
+    },
+    Unreadable,
+}
+
+impl Inputs {
+    fn request(&self, claimed: &Claimed) -> Result<(Arc<Target>, Bytes), &'static str> {
+        match self {
+            Inputs::Read { targets, bodies } => {
+                match (
+                    targets.get(&claimed.callback_id),
+                    bodies.get(&claimed.event_id),
+                ) {
+                    (Some(target), Some(body)) => Ok((target.clone(), body.clone())),
+                    _ => Err("its callback or event could not be read"),
+                }
+            }
+            Inputs::Unreadable => Err("the database could not be read"),
+        }
+    }
+}
+
+/// The name of an attempt's outcome in logs and metrics.
+fn outcome(next: &Next) -> &'static str {
+    match next {
+        Next::Succeeded => "succeeded",
+        Next::RetryAt(_) => "retrying",
+        Next::GiveUp => "failed",
+    }
+}
+
+/// The shortest wait of the claim loop before it looks for due work again unasked.
 const IDLE_FLOOR: Duration = Duration::from_millis(25);
 
 /// What follows attempt `attempt` of the delivery's current schedule: success; a retry (at `Retry-After` for 429 and 503, within

@@ -1,11 +1,14 @@
-//! Deliveries from the dispatcher's side: claiming due work under a lease, and recording
-//! each attempt with the next schedule in one transaction fenced by that lease.
+//! Deliveries from the dispatcher's side: claiming due work under a lease, reading what a
+//! batch of attempts needs, and recording finished attempts with their next schedule,
+//! many in one transaction, each fenced by its lease.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use bytes::Bytes;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Backend, Db, Scope, StoreError, now_micros};
+use super::rows::{self, event_columns};
+use super::{Backend, Db, StoreError, Tx, now_micros};
 use crate::domain::views::{self, CallbackStatuses};
 
 /// A delivery claimed by one dispatcher until `lease_expires_at`.
@@ -68,24 +71,79 @@ pub enum Health {
     Disable(String),
 }
 
-/// Claims due deliveries of enabled callbacks whose lease is free. `{exclude}` skips
-/// callbacks at their cap; `{lock}` is PostgreSQL's `FOR UPDATE OF d SKIP LOCKED`, so rows
-/// another dispatcher is claiming are skipped, not waited on (SQLite has one writer).
-const CLAIM: &str = "UPDATE deliveries SET lease_token = $1, lease_expires_at = $2 WHERE id IN (\
+/// One finished attempt, ready for the log.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub claimed: Claimed,
+    pub record: AttemptRecord,
+    pub next: Next,
+    pub health: Health,
+}
+
+/// Claims due deliveries of enabled callbacks. `{filter}` narrows the callbacks; `{lock}`
+/// is PostgreSQL's `FOR UPDATE OF d SKIP LOCKED`, so rows another dispatcher is claiming
+/// are skipped, not waited on (SQLite has one writer).
+///
+/// A claim also moves `next_attempt_at` to the lease's expiry: a delivery in flight is not
+/// due until its lease runs out (then it is, if its attempt was lost). So the due range of
+/// the `deliveries_due` index holds only work nobody holds, and a claim reads no leased
+/// rows.
+const CLAIM: &str = "UPDATE deliveries SET lease_token = $1, lease_expires_at = $2, next_attempt_at = $2 WHERE id IN (\
      SELECT d.id FROM deliveries d JOIN callbacks c ON c.id = d.callback_id \
      WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $3 \
-     AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $3) AND c.enabled AND c.deleted_at IS NULL \
-     {exclude} ORDER BY d.next_attempt_at LIMIT $4 {lock}) \
+     AND c.enabled AND c.deleted_at IS NULL \
+     {filter} ORDER BY d.next_attempt_at LIMIT $4 {lock}) \
      RETURNING id, event_id, callback_id, attempts, schedule_base, schedule_start";
 
 impl Db {
-    /// Claims up to `limit` due deliveries for `lease_us`, skipping those of the callbacks
-    /// in `exclude` (already at their concurrency cap in this dispatcher).
-    pub async fn claim_due(
+    /// Claims up to `limit` due deliveries of any callback for `lease_us`, oldest due first.
+    pub async fn claim_due(&self, limit: i64, lease_us: i64) -> Result<Vec<Claimed>, StoreError> {
+        self.claim(limit, lease_us, "", &[]).await
+    }
+
+    /// The enabled callbacks with due work, but those in `skip`: one probe of the
+    /// `deliveries_due_callback` index per callback, however large the backlog.
+    pub async fn due_callbacks(&self, skip: &[&str]) -> Result<Vec<String>, StoreError> {
+        let skip_sql = if skip.is_empty() {
+            String::new()
+        } else {
+            format!("AND c.id NOT IN ({})", params(2, skip.len()))
+        };
+        let sql = format!(
+            "SELECT c.id FROM callbacks c WHERE c.enabled AND c.deleted_at IS NULL {skip_sql} \
+             AND EXISTS (SELECT 1 FROM deliveries d WHERE d.callback_id = c.id \
+             AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $1)"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now_micros());
+        for id in skip {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(self.reader()).await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Claims up to `limit` due deliveries of one callback, oldest due first (through the
+    /// `deliveries_due_callback` index: as cheap however much else is due).
+    pub async fn claim_due_for(
+        &self,
+        callback_id: &str,
+        limit: i64,
+        lease_us: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.claim(limit, lease_us, "AND d.callback_id = $5", &[callback_id])
+            .await
+    }
+
+    /// [`CLAIM`] with `filter`, whose parameters start at `$5`.
+    async fn claim(
         &self,
         limit: i64,
         lease_us: i64,
-        exclude: &[String],
+        filter: &str,
+        filter_params: &[&str],
     ) -> Result<Vec<Claimed>, StoreError> {
         let now = now_micros();
         let token = crate::domain::ids::new_id("LS");
@@ -93,22 +151,14 @@ impl Db {
             Backend::Sqlite => "",
             Backend::Postgres => "FOR UPDATE OF d SKIP LOCKED",
         };
-        let exclude_sql = if exclude.is_empty() {
-            String::new()
-        } else {
-            let params: Vec<String> = (0..exclude.len()).map(|i| format!("${}", i + 5)).collect();
-            format!("AND d.callback_id NOT IN ({})", params.join(", "))
-        };
-        let sql = CLAIM
-            .replace("{exclude}", &exclude_sql)
-            .replace("{lock}", lock);
+        let sql = CLAIM.replace("{filter}", filter).replace("{lock}", lock);
         let mut query = sqlx::query(AssertSqlSafe(sql))
             .bind(&token)
             .bind(now.saturating_add(lease_us))
             .bind(now)
             .bind(limit);
-        for id in exclude {
-            query = query.bind(id);
+        for param in filter_params {
+            query = query.bind(*param);
         }
         let rows = query.fetch_all(self.writer()).await?;
         rows.iter()
@@ -126,21 +176,22 @@ impl Db {
             .collect()
     }
 
-    /// Gives claimed deliveries back before their lease runs out, for others to take.
-    /// One statement per batch: each delivery is released only under the lease it was
-    /// claimed with (id and token both bound).
+    /// Gives claimed deliveries back before their lease runs out, due at once, for others
+    /// to take. One statement per batch: each delivery is released only under the lease it
+    /// was claimed with (id and token both bound).
     pub async fn release(&self, claimed: &[Claimed]) -> Result<(), StoreError> {
         if claimed.is_empty() {
             return Ok(());
         }
         let pairs: Vec<String> = (0..claimed.len())
-            .map(|i| format!("(id = ${} AND lease_token = ${})", 2 * i + 1, 2 * i + 2))
+            .map(|i| format!("(id = ${} AND lease_token = ${})", 2 * i + 2, 2 * i + 3))
             .collect();
         let sql = format!(
-            "UPDATE deliveries SET lease_token = NULL, lease_expires_at = NULL WHERE {}",
+            "UPDATE deliveries SET lease_token = NULL, lease_expires_at = NULL, next_attempt_at = $1 \
+             WHERE status IN ('pending', 'retrying') AND ({})",
             pairs.join(" OR ")
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now_micros());
         for c in claimed {
             query = query.bind(&c.id).bind(&c.lease_token);
         }
@@ -148,140 +199,119 @@ impl Db {
         Ok(())
     }
 
-    /// When the next delivery falls due, if any is waiting.
+    /// When the next delivery falls due, if any is waiting (one in flight falls due when
+    /// its lease runs out). Walks the `deliveries_due` index in order.
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(
-            "SELECT MIN(CASE WHEN d.lease_expires_at > d.next_attempt_at THEN d.lease_expires_at \
-             ELSE d.next_attempt_at END) AS due FROM deliveries d JOIN callbacks c ON c.id = d.callback_id \
-             WHERE d.status IN ('pending', 'retrying') AND c.enabled AND c.deleted_at IS NULL",
+            "SELECT d.next_attempt_at FROM deliveries d JOIN callbacks c ON c.id = d.callback_id \
+             WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at IS NOT NULL \
+             AND c.enabled AND c.deleted_at IS NULL ORDER BY d.next_attempt_at LIMIT 1",
         )
-            .fetch_one(self.reader())
-            .await?;
-        Ok(row.try_get("due")?)
-    }
-
-    /// The callback's URL, method and signing secrets as they are now.
-    pub async fn target(&self, callback_id: &str) -> Result<Target, StoreError> {
-        let row = sqlx::query(
-            "SELECT url, method, secret, previous_secret, previous_secret_expires_at FROM callbacks WHERE id = $1",
-        )
-        .bind(callback_id)
-        .fetch_one(self.reader())
+        .fetch_optional(self.reader())
         .await?;
-        let mut secrets = vec![row.try_get::<String, _>("secret")?];
-        let previous: Option<String> = row.try_get("previous_secret")?;
-        let until: Option<i64> = row.try_get("previous_secret_expires_at")?;
-        if let (Some(previous), Some(until)) = (previous, until)
-            && until > now_micros()
-        {
-            secrets.push(previous);
-        }
-        Ok(Target {
-            url: row.try_get("url")?,
-            method: row.try_get("method")?,
-            secrets,
+        Ok(match row {
+            Some(row) => row.try_get("next_attempt_at")?,
+            None => None,
         })
     }
 
-    /// The body of a delivery: the event exactly as `GET /events/{id}` returns it now.
-    pub async fn event_body(&self, event_id: &str) -> Result<Vec<u8>, StoreError> {
-        let (row, statuses) = self.event(&Scope::All, event_id).await?;
-        let body = views::envelope("events", vec![views::event(&row, statuses)], None);
-        Ok(serde_json::to_vec(&body).expect("JSON values serialize"))
+    /// The URL, method and signing secrets of each callback, as they are now.
+    pub async fn targets(
+        &self,
+        callback_ids: &[&str],
+    ) -> Result<HashMap<String, Target>, StoreError> {
+        let mut targets = HashMap::new();
+        if callback_ids.is_empty() {
+            return Ok(targets);
+        }
+        let sql = format!(
+            "SELECT id, url, method, secret, previous_secret, previous_secret_expires_at FROM callbacks \
+             WHERE id IN ({})",
+            params(1, callback_ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in callback_ids {
+            query = query.bind(*id);
+        }
+        let now = now_micros();
+        for row in query.fetch_all(self.reader()).await? {
+            let mut secrets = vec![row.try_get::<String, _>("secret")?];
+            let previous: Option<String> = row.try_get("previous_secret")?;
+            let until: Option<i64> = row.try_get("previous_secret_expires_at")?;
+            if let (Some(previous), Some(until)) = (previous, until)
+                && until > now
+            {
+                secrets.push(previous);
+            }
+            let target = Target {
+                url: row.try_get("url")?,
+                method: row.try_get("method")?,
+                secrets,
+            };
+            targets.insert(row.try_get("id")?, target);
+        }
+        Ok(targets)
     }
 
-    /// Records an attempt and what comes next, in one transaction. The delivery changes only
-    /// if this dispatcher still holds its lease (returns false otherwise): one that lost its
-    /// lease cannot overwrite a newer result. The attempt itself is recorded either way.
-    pub async fn record_attempt(
+    /// The body of each event's deliveries: the event exactly as `GET /events/{id}`
+    /// returns it now.
+    pub async fn event_bodies(
         &self,
-        claimed: &Claimed,
-        attempt: &AttemptRecord,
-        next: &Next,
-        health: &Health,
+        event_ids: &[&str],
+    ) -> Result<HashMap<String, Bytes>, StoreError> {
+        let mut bodies = HashMap::new();
+        if event_ids.is_empty() {
+            return Ok(bodies);
+        }
+        let sql = format!(
+            "SELECT {} FROM events WHERE id IN ({})",
+            event_columns!(),
+            params(1, event_ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in event_ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(self.reader()).await?;
+        let mut statuses = self.callback_statuses(event_ids).await?;
+        for row in rows {
+            let event = rows::event(&row)?;
+            let counts = statuses.remove(&event.id).unwrap_or_default();
+            let body = views::envelope("events", vec![views::event(&event, counts)], None);
+            let bytes = serde_json::to_vec(&body).expect("JSON values serialize");
+            bodies.insert(event.id, Bytes::from(bytes));
+        }
+        Ok(bodies)
+    }
+
+    /// Records finished attempts and what comes next for each, in one transaction (the
+    /// dispatcher's group commit). A delivery changes only if its attempt still holds the
+    /// lease it was claimed with: one that lost its lease cannot overwrite a newer result.
+    /// Every attempt is logged either way. Returns, in order, whether each was kept.
+    pub async fn record_attempts(
+        &self,
+        finished: &[Finished],
         disable_after_us: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Vec<bool>, StoreError> {
         let now = now_micros();
-        let (status, next_at) = match next {
-            Next::Succeeded => ("succeeded", None),
-            Next::RetryAt(at) => ("retrying", Some(*at)),
-            Next::GiveUp => ("failed", None),
-        };
         let mut tx = self.begin().await?;
-        let fenced = sqlx::query(
-            "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, lease_token = NULL, \
-             lease_expires_at = NULL, last_attempt_at = $3, updated_at = $3 WHERE id = $4 AND lease_token = $5 \
-             AND status IN ('pending', 'retrying')",
-        )
-        .bind(status)
-        .bind(next_at)
-        .bind(attempt.started_at)
-        .bind(&claimed.id)
-        .bind(&claimed.lease_token)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        sqlx::query(
-            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_us, request_headers, request_body, \
-             response_status, response_headers, response_body, error_code, error_detail, succeeded) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(&claimed.id)
-        .bind(claimed.attempts + 1)
-        .bind(attempt.started_at)
-        .bind(attempt.duration_us)
-        .bind(headers_json(&attempt.request_headers))
-        .bind(&attempt.request_body)
-        .bind(attempt.response_status)
-        .bind(attempt.response_headers.as_deref().map(headers_json))
-        .bind(&attempt.response_body)
-        .bind(attempt.error_code)
-        .bind(&attempt.error_detail)
-        .bind(attempt.succeeded)
-        .execute(&mut *tx)
-        .await?;
-        if fenced {
-            match health {
-                Health::Ok => {
-                    sqlx::query("UPDATE callbacks SET last_success_at = $1, failing_since = NULL WHERE id = $2")
-                        .bind(now)
-                        .bind(&claimed.callback_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Health::Failing => {
-                    sqlx::query("UPDATE callbacks SET failing_since = COALESCE(failing_since, $1) WHERE id = $2")
-                        .bind(attempt.started_at)
-                        .bind(&claimed.callback_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(
-                        "UPDATE callbacks SET enabled = FALSE, disabled_reason = $1, updated_at = $2 \
-                         WHERE id = $3 AND enabled AND failing_since <= $4",
-                    )
-                    .bind(format!(
-                        "no successful delivery for {} s (the disable window)",
-                        disable_after_us / 1_000_000
-                    ))
-                    .bind(now)
-                    .bind(&claimed.callback_id)
-                    .bind(now - disable_after_us)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Health::Disable(reason) => {
-                    sqlx::query("UPDATE callbacks SET enabled = FALSE, disabled_reason = $1, updated_at = $2 WHERE id = $3")
-                        .bind(reason)
-                        .bind(now)
-                        .bind(&claimed.callback_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
+        let mut kept: HashSet<String> = HashSet::new();
+        for chunk in finished.chunks(UPDATE_CHUNK) {
+            kept.extend(fence_and_advance(&mut tx, chunk).await?);
+        }
+        for chunk in finished.chunks(INSERT_CHUNK) {
+            insert_attempts(&mut tx, chunk).await?;
+        }
+        let kept: Vec<bool> = finished
+            .iter()
+            .map(|f| kept.contains(&f.claimed.id))
+            .collect();
+        let fenced = finished.iter().zip(&kept).filter(|(_, k)| **k);
+        for (callback, health) in fold_health(fenced.map(|(f, _)| f)) {
+            apply_health(&mut tx, &callback, &health, now, disable_after_us).await?;
         }
         tx.commit().await?;
-        Ok(fenced)
+        Ok(kept)
     }
 
     /// Each event's deliveries counted by state.
@@ -293,10 +323,9 @@ impl Db {
         if event_ids.is_empty() {
             return Ok(counts);
         }
-        let params: Vec<String> = (1..=event_ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT event_id, status, COUNT(*) AS n FROM deliveries WHERE event_id IN ({}) GROUP BY event_id, status",
-            params.join(", ")
+            params(1, event_ids.len())
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for id in event_ids {
@@ -322,4 +351,175 @@ fn headers_json(headers: &[(String, String)]) -> String {
         .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
         .collect();
     serde_json::Value::Object(map).to_string()
+}
+
+/// `$first, ..., $(first + count - 1)`.
+fn params(first: usize, count: usize) -> String {
+    let list: Vec<String> = (first..first + count).map(|i| format!("${i}")).collect();
+    list.join(", ")
+}
+
+/// Rows per multi-row statement: a few hundred parameters at most, as SQLite looks up each
+/// `$N` parameter's name in a list as long as the statement's (quadratic in the count).
+const UPDATE_CHUNK: usize = 64;
+const INSERT_CHUNK: usize = 32;
+
+/// `($1, $2, ...), ($n, ...)`: `rows` rows of `width` numbered parameters.
+fn values(rows: usize, width: usize) -> String {
+    let row = |r: usize| {
+        let params: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+        format!("({})", params.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
+/// Moves each delivery of `chunk` still under its claim's lease to its next state, in one
+/// statement; returns the ids it moved.
+async fn fence_and_advance(tx: &mut Tx, chunk: &[Finished]) -> Result<Vec<String>, StoreError> {
+    // A VALUES list names its columns column1, column2, ... on both backends.
+    let sql = format!(
+        "UPDATE deliveries SET status = v.column3, attempts = attempts + 1, next_attempt_at = v.column4, \
+         lease_token = NULL, lease_expires_at = NULL, last_attempt_at = v.column5, updated_at = v.column5 \
+         FROM (VALUES {}) AS v WHERE deliveries.id = v.column1 AND deliveries.lease_token = v.column2 \
+         AND deliveries.status IN ('pending', 'retrying') RETURNING id",
+        values(chunk.len(), 5)
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for f in chunk {
+        let (status, next_at) = match f.next {
+            Next::Succeeded => ("succeeded", None),
+            Next::RetryAt(at) => ("retrying", Some(at)),
+            Next::GiveUp => ("failed", None),
+        };
+        query = query
+            .bind(&f.claimed.id)
+            .bind(&f.claimed.lease_token)
+            .bind(status)
+            .bind(next_at)
+            .bind(f.record.started_at);
+    }
+    let rows = query.fetch_all(&mut **tx).await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<Result<_, _>>()?)
+}
+
+async fn insert_attempts(tx: &mut Tx, chunk: &[Finished]) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_us, request_headers, request_body, \
+         response_status, response_headers, response_body, error_code, error_detail, succeeded) VALUES {}",
+        values(chunk.len(), 12)
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for f in chunk {
+        let a = &f.record;
+        query = query
+            .bind(&f.claimed.id)
+            .bind(f.claimed.attempts + 1)
+            .bind(a.started_at)
+            .bind(a.duration_us)
+            .bind(headers_json(&a.request_headers))
+            .bind(&a.request_body)
+            .bind(a.response_status)
+            .bind(a.response_headers.as_deref().map(headers_json))
+            .bind(&a.response_body)
+            .bind(a.error_code)
+            .bind(&a.error_detail)
+            .bind(a.succeeded);
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// What a batch of attempts says about one callback, folded in the order they finished.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct BatchHealth {
+    /// Some attempt succeeded.
+    succeeded: bool,
+    /// When the failures after the last success began.
+    failing_since: Option<i64>,
+    /// Turn the callback off, for this reason.
+    disable: Option<String>,
+}
+
+fn fold_health<'a>(finished: impl Iterator<Item = &'a Finished>) -> Vec<(String, BatchHealth)> {
+    let mut by_callback: Vec<(String, BatchHealth)> = Vec::new();
+    for f in finished {
+        let at = match by_callback
+            .iter()
+            .position(|(id, _)| *id == f.claimed.callback_id)
+        {
+            Some(at) => at,
+            None => {
+                by_callback.push((f.claimed.callback_id.clone(), BatchHealth::default()));
+                by_callback.len() - 1
+            }
+        };
+        let health = &mut by_callback[at].1;
+        match &f.health {
+            Health::Ok => {
+                health.succeeded = true;
+                health.failing_since = None;
+            }
+            Health::Failing => {
+                health.failing_since = health.failing_since.or(Some(f.record.started_at));
+            }
+            Health::Disable(reason) => {
+                health.failing_since = health.failing_since.or(Some(f.record.started_at));
+                health.disable = Some(reason.clone());
+            }
+        }
+    }
+    by_callback
+}
+
+async fn apply_health(
+    tx: &mut Tx,
+    callback: &str,
+    health: &BatchHealth,
+    now: i64,
+    disable_after_us: i64,
+) -> Result<(), StoreError> {
+    if health.succeeded {
+        sqlx::query("UPDATE callbacks SET last_success_at = $1, failing_since = $2 WHERE id = $3")
+            .bind(now)
+            .bind(health.failing_since)
+            .bind(callback)
+            .execute(&mut **tx)
+            .await?;
+    } else if let Some(since) = health.failing_since {
+        sqlx::query(
+            "UPDATE callbacks SET failing_since = COALESCE(failing_since, $1) WHERE id = $2",
+        )
+        .bind(since)
+        .bind(callback)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if let Some(reason) = &health.disable {
+        sqlx::query(
+            "UPDATE callbacks SET enabled = FALSE, disabled_reason = $1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(callback)
+        .execute(&mut **tx)
+        .await?;
+    } else if health.failing_since.is_some() {
+        sqlx::query(
+            "UPDATE callbacks SET enabled = FALSE, disabled_reason = $1, updated_at = $2 \
+             WHERE id = $3 AND enabled AND failing_since <= $4",
+        )
+        .bind(format!(
+            "no successful delivery for {} s (the disable window)",
+            disable_after_us / 1_000_000
+        ))
+        .bind(now)
+        .bind(callback)
+        .bind(now - disable_after_us)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }

@@ -9,7 +9,7 @@
 //! it runs on the caller's own connection or transaction, on SQLite or PostgreSQL.
 
 use serde_json::Value;
-use sqlx::{Database, Encode, Executor, IntoArguments, Type};
+use sqlx::{AssertSqlSafe, Database, Encode, Executor, IntoArguments, Type};
 
 use crate::domain::ids;
 
@@ -47,35 +47,81 @@ where
     String: for<'q> Encode<'q, DB> + Type<DB>,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
 {
-    let id = ids::new_id(ids::EVENT);
-    sqlx::query::<DB>(
-        "INSERT INTO events (id, marketplace_id, type, entity_id, occurred_at, entity) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(id.as_str())
-    .bind(event.marketplace_id)
-    .bind(event.event_type)
-    .bind(event.entity_id)
-    .bind(event.occurred_at)
-    .bind(event.entity.to_string())
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query::<DB>(
-        "INSERT INTO deliveries (id, event_id, callback_id, marketplace_id, status, attempts, schedule_start, \
-         next_attempt_at, created_at, updated_at) \
-         SELECT $1 || '_' || c.id, $1, c.id, c.marketplace_id, 'pending', 0, $3, $3, $3, $3 FROM callbacks c \
-         WHERE c.marketplace_id = $2 AND c.enabled AND c.deleted_at IS NULL \
-         AND (NOT EXISTS (SELECT 1 FROM callback_event_types t WHERE t.callback_id = c.id) \
-              OR EXISTS (SELECT 1 FROM callback_event_types t WHERE t.callback_id = c.id AND t.event_type = $4))",
-    )
-    .bind(id.as_str())
-    .bind(event.marketplace_id)
-    .bind(event.occurred_at)
-    .bind(event.event_type)
-    .execute(&mut *conn)
-    .await?;
-    Ok(id)
+    let mut appended = enqueue_many::<DB>(conn, std::slice::from_ref(&event)).await?;
+    Ok(appended.remove(0))
 }
+
+/// [`enqueue`] for many events at once: two statements per 64 events instead of two per
+/// event. Returns the events' ids in order.
+pub async fn enqueue_many<DB>(
+    conn: &mut DB::Connection,
+    events: &[NewEvent<'_>],
+) -> Result<Vec<String>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    let mut appended = Vec::with_capacity(events.len());
+    for chunk in events.chunks(CHUNK) {
+        let first = appended.len();
+        appended.extend(chunk.iter().map(|_| ids::new_id(ids::EVENT)));
+        let chunk_ids = &appended[first..];
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = 6 * i;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO events (id, marketplace_id, type, entity_id, occurred_at, entity) VALUES {}",
+            rows.join(", ")
+        );
+        let mut insert = sqlx::query::<DB>(AssertSqlSafe(sql));
+        for (id, event) in chunk_ids.iter().zip(chunk) {
+            insert = insert
+                .bind(id.as_str())
+                .bind(event.marketplace_id)
+                .bind(event.event_type)
+                .bind(event.entity_id)
+                .bind(event.occurred_at)
+                .bind(event.entity.to_string());
+        }
+        insert.execute(&mut *conn).await?;
+        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "INSERT INTO deliveries (id, event_id, callback_id, marketplace_id, status, attempts, schedule_start, \
+             next_attempt_at, created_at, updated_at) \
+             SELECT e.id || '_' || c.id, e.id, c.id, c.marketplace_id, 'pending', 0, e.occurred_at, e.occurred_at, \
+             e.occurred_at, e.occurred_at FROM events e JOIN callbacks c ON c.marketplace_id = e.marketplace_id \
+             WHERE e.id IN ({}) AND c.enabled AND c.deleted_at IS NULL \
+             AND (NOT EXISTS (SELECT 1 FROM callback_event_types t WHERE t.callback_id = c.id) \
+                  OR EXISTS (SELECT 1 FROM callback_event_types t WHERE t.callback_id = c.id AND t.event_type = e.type))",
+            params.join(", ")
+        );
+        let mut fan_out = sqlx::query::<DB>(AssertSqlSafe(sql));
+        for id in chunk_ids {
+            fan_out = fan_out.bind(id.as_str());
+        }
+        fan_out.execute(&mut *conn).await?;
+    }
+    Ok(appended)
+}
+
+/// Events per pair of statements: a few hundred parameters at most, as SQLite looks up each
+/// `$N` parameter's name in a list as long as the statement's (quadratic in the count).
+const CHUNK: usize = 64;
 
 /// [`enqueue`] inside one of hookline's own transactions.
 pub(crate) async fn append(tx: &mut super::Tx, event: NewEvent<'_>) -> Result<String, sqlx::Error> {

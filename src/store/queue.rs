@@ -38,7 +38,7 @@ pub struct QueueHealth {
 
 impl Db {
     /// The queue as it stands now: deliveries due (of enabled, live callbacks; those being
-    /// attempted included), the `next_attempt_at` of the oldest of them (microseconds since
+    /// attempted are not due until their lease runs out), the `next_attempt_at` of the oldest of them (microseconds since
     /// the epoch; `None` when none is due), and deliveries in flight (under a live lease).
     pub async fn queue_depth(&self) -> Result<(i64, Option<i64>, i64), StoreError> {
         let q = self.queue(&Scope::All).await?;

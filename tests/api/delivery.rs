@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use hookline::dispatch::schedule::RetrySchedule;
 use hookline::dispatch::{DispatchConfig, Dispatcher};
 use hookline::signing;
+use hookline::store::deliveries::{Finished, Health, Next};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -623,7 +624,7 @@ async fn a_rotated_secret_signs_beside_the_new_one(app: TestApp) {
 }
 
 async fn a_slow_receiver_never_holds_up_another(app: TestApp) {
-    let stuck = Receiver::start(Answer::Hang).await;
+    let mut stuck = Receiver::start(Answer::Hang).await;
     let mut quick = Receiver::start(Answer::Status(200)).await;
     let (stuck_id, _) = register(
         &app,
@@ -675,8 +676,13 @@ async fn a_slow_receiver_never_holds_up_another(app: TestApp) {
     .expect("count")
     .get(0);
     assert!(
-        stuck_in_flight <= 2,
-        "at most per_callback in flight to the stuck receiver: {stuck_in_flight}"
+        stuck_in_flight <= 4,
+        "the stuck callback holds per_callback in flight and as many waiting: {stuck_in_flight}"
+    );
+    assert_eq!(
+        stuck.drain().len(),
+        2,
+        "per_callback attempts reached the stuck receiver"
     );
     let _ = stop.send(());
     running
@@ -746,7 +752,7 @@ async fn a_dispatcher_that_lost_its_lease_cannot_overwrite_the_newer_result(app:
     app.order().await;
     let stale = app
         .db
-        .claim_due(10, 1, &[])
+        .claim_due(10, 1)
         .await
         .expect("claim")
         .pop()
@@ -769,18 +775,18 @@ async fn a_dispatcher_that_lost_its_lease_cannot_overwrite_the_newer_result(app:
         error_detail: None,
         succeeded: false,
     };
+    let finished = Finished {
+        claimed: stale,
+        record,
+        next: Next::GiveUp,
+        health: Health::Failing,
+    };
     let kept = app
         .db
-        .record_attempt(
-            &stale,
-            &record,
-            &hookline::store::deliveries::Next::GiveUp,
-            &hookline::store::deliveries::Health::Failing,
-            i64::MAX / 2,
-        )
+        .record_attempts(&[finished], i64::MAX / 2)
         .await
         .expect("record");
-    assert!(!kept, "the stale lease is fenced out");
+    assert_eq!(kept, [false], "the stale lease is fenced out");
     assert_eq!(
         count(
             &app,
@@ -807,7 +813,7 @@ async fn deleting_a_callback_stops_an_attempt_in_flight_from_rescheduling(app: T
     app.order().await;
     let claimed = app
         .db
-        .claim_due(10, 60_000_000, &[])
+        .claim_due(10, 60_000_000)
         .await
         .expect("claim")
         .pop()
@@ -819,19 +825,18 @@ async fn deleting_a_callback_stops_an_attempt_in_flight_from_rescheduling(app: T
         .expect("delete");
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     let record = hookline::dispatch::http::not_sent("connect", "refused".into());
-    let next = hookline::store::deliveries::Next::RetryAt(hookline::store::now_micros());
+    let finished = Finished {
+        claimed,
+        record,
+        next: Next::RetryAt(hookline::store::now_micros()),
+        health: Health::Failing,
+    };
     let kept = app
         .db
-        .record_attempt(
-            &claimed,
-            &record,
-            &next,
-            &hookline::store::deliveries::Health::Failing,
-            i64::MAX / 2,
-        )
+        .record_attempts(&[finished], i64::MAX / 2)
         .await
         .expect("record");
-    assert!(!kept, "the deletion is the newer result");
+    assert_eq!(kept, [false], "the deletion is the newer result");
     assert_eq!(
         count(
             &app,

@@ -1,0 +1,109 @@
+//! The attempt log's writer: one task per dispatcher writes every finished attempt. The
+//! attempts that finish while one write is under way go together in the next, one
+//! transaction for all of them (group commit). Handing an attempt over does not wait for
+//! the write, so a callback's next attempt need not wait for the disk; the delivery stays
+//! claimed until its attempt is written, and `on_written` is told then.
+//!
+//! A batch the database refuses is tried again three times, then attempt by attempt, so one
+//! bad record cannot keep the others out of the log.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::store::deliveries::Finished;
+use crate::store::{Db, StoreError};
+
+/// The most attempts written in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// Told of each attempt once written: `Ok(true)` if its delivery moved on, `Ok(false)` if
+/// its claim had lost the lease (a newer result stands), or why it could not be written
+/// (the delivery is then taken again when its lease runs out).
+pub(crate) type OnWritten = Box<dyn Fn(&Finished, Result<bool, String>) + Send + Sync>;
+
+/// Where finished attempts go. Cheap to clone; the writer stops once every clone is dropped
+/// and everything handed over is written.
+#[derive(Clone)]
+pub(crate) struct Recorder {
+    queue: mpsc::UnboundedSender<Finished>,
+}
+
+impl Recorder {
+    /// Starts the writer. `disable_after` turns off a callback with no success for that long.
+    pub(crate) fn start(
+        db: Db,
+        disable_after: Duration,
+        on_written: OnWritten,
+    ) -> (Recorder, JoinHandle<()>) {
+        let (queue, pending) = mpsc::unbounded_channel();
+        let disable_after_us = disable_after.as_micros().min(i64::MAX as u128) as i64;
+        let writer = tokio::spawn(write_loop(db, disable_after_us, pending, on_written));
+        (Recorder { queue }, writer)
+    }
+
+    /// Hands one attempt over to be written.
+    pub(crate) fn record(&self, finished: Finished) {
+        if let Err(unsent) = self.queue.send(finished) {
+            // Only after the writer was told to stop, which waits for every sender first.
+            tracing::error!(delivery_id = %unsent.0.claimed.id, "the attempt log's writer has stopped");
+        }
+    }
+}
+
+async fn write_loop(
+    db: Db,
+    disable_after_us: i64,
+    mut pending: mpsc::UnboundedReceiver<Finished>,
+    on_written: OnWritten,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        match write(&db, &batch, disable_after_us, 3).await {
+            Ok(kept) => {
+                for (finished, kept) in batch.iter().zip(kept) {
+                    on_written(finished, Ok(kept));
+                }
+            }
+            Err(e) if batch.len() > 1 => {
+                tracing::error!(error = %e, count = batch.len(), "recording a batch of attempts failed; recording them one by one");
+                for one in &batch {
+                    let outcome = write(&db, std::slice::from_ref(one), disable_after_us, 0)
+                        .await
+                        .map(|kept| kept[0])
+                        .map_err(|e| e.to_string());
+                    on_written(one, outcome);
+                }
+            }
+            Err(e) => {
+                for finished in &batch {
+                    on_written(finished, Err(e.to_string()));
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Writes a batch, trying again up to `retries` times after a pause: a passing database
+/// fault must not lose attempts.
+async fn write(
+    db: &Db,
+    finished: &[Finished],
+    disable_after_us: i64,
+    retries: u32,
+) -> Result<Vec<bool>, StoreError> {
+    let mut tries = 0;
+    loop {
+        match db.record_attempts(finished, disable_after_us).await {
+            Ok(kept) => return Ok(kept),
+            Err(e) if tries < retries => {
+                tries += 1;
+                tracing::warn!(error = %e, tries, "recording attempts failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(tries))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
