@@ -882,6 +882,11 @@ async fn finish(args: &Args, shared: &Shared) -> bool {
         let counted = tokio::time::timeout(Duration::from_secs(10), async {
             Ok::<_, BoxError>((
                 count(db, "SELECT COUNT(*) FROM attempts").await?,
+                count(
+                    db,
+                    "SELECT COUNT(*) FROM attempts WHERE error_code = 'connect'",
+                )
+                .await?,
                 count(db, "SELECT COUNT(*) FROM deliveries").await?,
                 count(
                     db,
@@ -897,8 +902,9 @@ async fn finish(args: &Args, shared: &Shared) -> bool {
         })
         .await;
         match counted {
-            Ok(Ok((attempts, deliveries, succeeded, failed))) => {
-                let verdict = if attempts == received {
+            Ok(Ok((attempts, unconnected, deliveries, succeeded, failed))) => {
+                // An attempt that could not connect never reached a receiver.
+                let verdict = if attempts == received + unconnected {
                     "equal"
                 } else {
                     ok = false;
@@ -906,7 +912,9 @@ async fn finish(args: &Args, shared: &Shared) -> bool {
                 };
                 shared.row(
                     "attempts recorded / received",
-                    format!("{attempts} / {received}  {verdict}"),
+                    format!(
+                        "{attempts} / {received}  {verdict} ({unconnected} recorded as connect failures)"
+                    ),
                 );
                 shared.row(
                     "deliveries: all / succeeded / failed",

@@ -10,6 +10,7 @@ mod common;
 mod atomicity;
 mod auth;
 mod bad_input;
+mod batches;
 mod concurrency;
 mod delivery;
 mod idempotency;

@@ -1,0 +1,263 @@
+//! The batched paths of the outbox and the dispatcher: many events in one call, many
+//! attempts in one transaction, and busy callbacks refilled by claims of their own.
+
+use std::time::{Duration, Instant};
+
+use hookline::dispatch::{DispatchConfig, Dispatcher};
+use hookline::store::deliveries::{AttemptRecord, Finished, Health, Next};
+use hookline::store::now_micros;
+use hookline::store::outbox::{self, NewEvent};
+use serde_json::json;
+use sqlx::Row;
+
+use crate::common::*;
+use crate::delivery::{fast, register};
+use crate::receiver::{Answer, Receiver};
+
+async fn count(app: &TestApp, sql: &str, bind: &str) -> i64 {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(bind)
+        .fetch_one(app.db.reader())
+        .await
+        .expect("count")
+        .get::<i64, _>(0)
+}
+
+fn record(status: i64, succeeded: bool) -> AttemptRecord {
+    AttemptRecord {
+        started_at: now_micros(),
+        duration_us: 1,
+        request_headers: vec![("webhook-id".into(), "x".into())],
+        request_body: "{}".into(),
+        response_status: Some(status),
+        response_headers: Some(vec![]),
+        response_body: Some(String::new()),
+        error_code: None,
+        error_detail: None,
+        succeeded,
+    }
+}
+
+async fn enqueue_many_fans_each_event_out_to_the_callbacks_that_want_it(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let (all, _) = register(&app, json!({ "url": format!("{}/all", receiver.url) })).await;
+    let (orders, _) = register(
+        &app,
+        json!({ "url": format!("{}/orders", receiver.url), "event_types": ["order.updated"] }),
+    )
+    .await;
+    let entity = json!({ "orders": [{ "id": "OR1" }] });
+    // More than one statement's worth, so the chunks are exercised too.
+    let types: Vec<&str> = (0..150)
+        .map(|i| {
+            if i % 3 == 0 {
+                "debit.updated"
+            } else {
+                "order.updated"
+            }
+        })
+        .collect();
+    let events: Vec<NewEvent> = types
+        .iter()
+        .map(|event_type| NewEvent {
+            marketplace_id: &app.marketplace,
+            event_type,
+            entity_id: "OR1",
+            entity: &entity,
+            occurred_at: now_micros(),
+        })
+        .collect();
+    let mut tx = app.db.begin().await.expect("begin");
+    let ids = outbox::enqueue_many::<sqlx::Any>(&mut *tx, &events)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    assert_eq!(ids.len(), 150);
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 150, "every event has its own id");
+    for (id, event_type) in ids.iter().zip(&types) {
+        let stored: String = sqlx::query("SELECT type FROM events WHERE id = $1")
+            .bind(id)
+            .fetch_one(app.db.reader())
+            .await
+            .expect("the event")
+            .get("type");
+        assert_eq!(stored, *event_type, "{id}");
+    }
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM deliveries WHERE callback_id = $1",
+            &all
+        )
+        .await,
+        150,
+        "the callback without a filter gets every event"
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM deliveries WHERE callback_id = $1",
+            &orders
+        )
+        .await,
+        100,
+        "the filtered callback gets only order.updated"
+    );
+    let mut tx = app.db.begin().await.expect("begin");
+    outbox::enqueue_many::<sqlx::Any>(&mut *tx, &events)
+        .await
+        .expect("enqueue");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM events WHERE marketplace_id = $1",
+            &app.marketplace
+        )
+        .await,
+        150,
+        "a rolled-back batch leaves nothing"
+    );
+}
+
+async fn one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let (callback, _) = register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    for _ in 0..3 {
+        app.order().await;
+    }
+    let mut claimed = app.db.claim_due(10, 60_000_000).await.expect("claim");
+    assert_eq!(claimed.len(), 3);
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    // The third claim's lease is taken over by someone else before its attempt is written.
+    app.db
+        .release(&claimed[2..])
+        .await
+        .expect("release the third");
+    let taken = app.db.claim_due(10, 60_000_000).await.expect("reclaim");
+    assert_eq!(taken.len(), 1, "the released one is due again at once");
+    let stale = claimed.pop().expect("the third");
+    let failed_at = now_micros();
+    let batch = vec![
+        Finished {
+            claimed: claimed[0].clone(),
+            record: record(200, true),
+            next: Next::Succeeded,
+            health: Health::Ok,
+        },
+        Finished {
+            claimed: claimed[1].clone(),
+            record: AttemptRecord {
+                started_at: failed_at,
+                ..record(500, false)
+            },
+            next: Next::RetryAt(now_micros() + 60_000_000),
+            health: Health::Failing,
+        },
+        Finished {
+            claimed: stale,
+            record: record(500, false),
+            next: Next::GiveUp,
+            health: Health::Failing,
+        },
+    ];
+    let kept = app
+        .db
+        .record_attempts(&batch, i64::MAX / 2)
+        .await
+        .expect("record");
+    assert_eq!(kept, [true, true, false]);
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.callback_id = $1", &callback).await,
+        3,
+        "every attempt is in the log, the fenced-out one too"
+    );
+    let statuses: Vec<(String, Option<String>)> = sqlx::query(
+        "SELECT status, lease_token FROM deliveries WHERE callback_id = $1 ORDER BY id",
+    )
+    .bind(&callback)
+    .fetch_all(app.db.reader())
+    .await
+    .expect("statuses")
+    .iter()
+    .map(|r| (r.get("status"), r.get("lease_token")))
+    .collect();
+    assert_eq!(statuses[0], ("succeeded".to_owned(), None));
+    assert_eq!(statuses[1], ("retrying".to_owned(), None));
+    assert_eq!(
+        statuses[2].0, "pending",
+        "the newer claim's delivery is untouched"
+    );
+    assert!(statuses[2].1.is_some(), "and still under the newer lease");
+    let row = sqlx::query("SELECT last_success_at, failing_since FROM callbacks WHERE id = $1")
+        .bind(&callback)
+        .fetch_one(app.db.reader())
+        .await
+        .expect("callback");
+    assert!(row.get::<Option<i64>, _>("last_success_at").is_some());
+    assert_eq!(
+        row.get::<Option<i64>, _>("failing_since"),
+        Some(failed_at),
+        "a failure after the batch's success starts a run of failures"
+    );
+}
+
+async fn a_busy_callback_is_refilled_by_claims_of_its_own(app: TestApp) {
+    let mut receiver = Receiver::start(Answer::Status(200)).await;
+    let (callback, _) = register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    for _ in 0..20 {
+        app.order().await;
+    }
+    // One look for due work at the start, then none for a minute: a lane holds at most
+    // 2 x per_callback = 4, so the other 16 arrive only through the lane's own claims.
+    let config = DispatchConfig {
+        per_callback: 2,
+        poll_interval: Duration::from_secs(60),
+        ..fast()
+    };
+    let dispatcher = Dispatcher::new(app.db.clone(), config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let d = dispatcher.clone();
+        async move {
+            d.run(async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let started = Instant::now();
+    for got in 0..20 {
+        assert!(
+            receiver.next(Duration::from_secs(10)).await.is_some(),
+            "only {got} of 20 arrived"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let _ = stop.send(());
+    running.await.expect("join").expect("stops");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM deliveries WHERE callback_id = $1 AND status = 'succeeded'",
+            &callback
+        )
+        .await,
+        20
+    );
+}
+
+on_both_backends!(
+    enqueue_many_fans_each_event_out_to_the_callbacks_that_want_it,
+    one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health,
+    a_busy_callback_is_refilled_by_claims_of_its_own,
+);
