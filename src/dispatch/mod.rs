@@ -328,7 +328,14 @@ impl Dispatcher {
                 claims.full = true;
                 break;
             }
-            let got = self.db.claim_due_for(&callback, want as i64, lease).await?;
+            let got = match self.db.claim_due_for(&callback, want as i64, lease).await {
+                Ok(got) => got,
+                // What this round claimed so far still goes out; the rest waits for the next.
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming due deliveries failed");
+                    break;
+                }
+            };
             if got.len() < want {
                 drained.push(callback);
             } else {
