@@ -430,15 +430,9 @@ impl Dispatcher {
         let on_written = move |finished: &Finished, written: Result<bool, String>| {
             let record = &finished.record;
             let outcome = outcome(&finished.next);
-            let _span = tracing::info_span!(
-                "delivery_attempt",
-                event_id = %finished.claimed.event_id,
-                delivery_id = %finished.claimed.id,
-                callback_id = %finished.claimed.callback_id,
-                attempt = finished.claimed.attempts + 1,
-                outcome,
-            )
-            .entered();
+            let span = attempt_span(&finished.claimed);
+            span.record("outcome", outcome);
+            let _entered = span.entered();
             let (status, error) = (record.response_status, record.error_code);
             match written {
                 Ok(kept) => {
@@ -494,16 +488,10 @@ impl Dispatcher {
         })
     }
 
-    /// One attempt of one delivery, handed to the attempt log's writer.
+    /// One attempt of one delivery, recorded by the attempt log's writer.
     async fn deliver(&self, job: Job, recorder: &Recorder) {
         let Job { claimed, request } = job;
-        let span = tracing::info_span!(
-            "delivery_attempt",
-            event_id = %claimed.event_id,
-            delivery_id = %claimed.id,
-            callback_id = %claimed.callback_id,
-            attempt = claimed.attempts + 1,
-        );
+        let span = attempt_span(&claimed);
         let (record, answer) = match request {
             Ok((target, body)) => {
                 let max = self.config.max_response_bytes;
@@ -530,12 +518,14 @@ impl Dispatcher {
             now_micros(),
             rand::random(),
         );
-        recorder.record(Finished {
-            claimed,
-            record,
-            next,
-            health,
-        });
+        recorder
+            .record(Finished {
+                claimed,
+                record,
+                next,
+                health,
+            })
+            .await;
     }
 
     /// On PostgreSQL, a task that turns NOTIFYs on the deliveries table into wake-ups.
@@ -587,6 +577,18 @@ impl Inputs {
             Inputs::Unreadable => Err("the database could not be read"),
         }
     }
+}
+
+/// The span of one attempt's logs; `outcome` is filled in once it is known.
+fn attempt_span(claimed: &Claimed) -> tracing::Span {
+    tracing::info_span!(
+        "delivery_attempt",
+        event_id = %claimed.event_id,
+        delivery_id = %claimed.id,
+        callback_id = %claimed.callback_id,
+        attempt = claimed.attempts + 1,
+        outcome = tracing::field::Empty,
+    )
 }
 
 /// The name of an attempt's outcome in logs and metrics.

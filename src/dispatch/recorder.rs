@@ -1,15 +1,15 @@
 //! The attempt log's writer: one task per dispatcher writes every finished attempt. The
 //! attempts that finish while one write is under way go together in the next, one
-//! transaction for all of them (group commit). Handing an attempt over does not wait for
-//! the write, so a callback's next attempt need not wait for the disk; the delivery stays
-//! claimed until its attempt is written, and `on_written` is told then.
+//! transaction for all of them (group commit). The attempt's task waits until its record is
+//! written, so its callback's attempt slot stays taken until then: after a crash, at most
+//! `per_callback` attempts per callback can have been sent without being recorded.
 //!
 //! A batch the database refuses is tried again three times, then attempt by attempt, so one
 //! bad record cannot keep the others out of the log.
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::store::deliveries::Finished;
@@ -27,7 +27,7 @@ pub(crate) type OnWritten = Box<dyn Fn(&Finished, Result<bool, String>) + Send +
 /// and everything handed over is written.
 #[derive(Clone)]
 pub(crate) struct Recorder {
-    queue: mpsc::UnboundedSender<Finished>,
+    queue: mpsc::UnboundedSender<(Finished, oneshot::Sender<()>)>,
 }
 
 impl Recorder {
@@ -43,23 +43,27 @@ impl Recorder {
         (Recorder { queue }, writer)
     }
 
-    /// Hands one attempt over to be written.
-    pub(crate) fn record(&self, finished: Finished) {
-        if let Err(unsent) = self.queue.send(finished) {
+    /// Hands one attempt over to be written, and returns once `on_written` was told.
+    pub(crate) async fn record(&self, finished: Finished) {
+        let (written, wait) = oneshot::channel();
+        if let Err(unsent) = self.queue.send((finished, written)) {
             // Only after the writer was told to stop, which waits for every sender first.
-            tracing::error!(delivery_id = %unsent.0.claimed.id, "the attempt log's writer has stopped");
+            tracing::error!(delivery_id = %unsent.0.0.claimed.id, "the attempt log's writer has stopped");
+            return;
         }
+        let _ = wait.await;
     }
 }
 
 async fn write_loop(
     db: Db,
     disable_after_us: i64,
-    mut pending: mpsc::UnboundedReceiver<Finished>,
+    mut pending: mpsc::UnboundedReceiver<(Finished, oneshot::Sender<()>)>,
     on_written: OnWritten,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut received = Vec::with_capacity(MAX_BATCH);
+    while pending.recv_many(&mut received, MAX_BATCH).await > 0 {
+        let (batch, waiting): (Vec<Finished>, Vec<_>) = received.drain(..).unzip();
         match write(&db, &batch, disable_after_us, 3).await {
             Ok(kept) => {
                 for (finished, kept) in batch.iter().zip(kept) {
@@ -82,7 +86,9 @@ async fn write_loop(
                 }
             }
         }
-        batch.clear();
+        for written in waiting {
+            let _ = written.send(());
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::rows::{self, event_columns};
-use super::{Backend, Db, StoreError, Tx, now_micros};
+use super::{Backend, Db, StoreError, Tx, now_micros, params, values};
 use crate::domain::views::{self, CallbackStatuses};
 
 /// A delivery claimed by one dispatcher until `lease_expires_at`.
@@ -353,25 +353,10 @@ fn headers_json(headers: &[(String, String)]) -> String {
     serde_json::Value::Object(map).to_string()
 }
 
-/// `$first, ..., $(first + count - 1)`.
-fn params(first: usize, count: usize) -> String {
-    let list: Vec<String> = (first..first + count).map(|i| format!("${i}")).collect();
-    list.join(", ")
-}
-
 /// Rows per multi-row statement: a few hundred parameters at most, as SQLite looks up each
 /// `$N` parameter's name in a list as long as the statement's (quadratic in the count).
 const UPDATE_CHUNK: usize = 64;
 const INSERT_CHUNK: usize = 32;
-
-/// `($1, $2, ...), ($n, ...)`: `rows` rows of `width` numbered parameters.
-fn values(rows: usize, width: usize) -> String {
-    let row = |r: usize| {
-        let params: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
-        format!("({})", params.join(", "))
-    };
-    (0..rows).map(row).collect::<Vec<_>>().join(", ")
-}
 
 /// Moves each delivery of `chunk` still under its claim's lease to its next state, in one
 /// statement; returns the ids it moved.

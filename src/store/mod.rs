@@ -345,6 +345,19 @@ mod nodelay {
     pub fn on_tcp_sockets() {}
 }
 
+/// `$first, ..., $(first + count - 1)`: a list of numbered parameters.
+pub(crate) fn params(first: usize, count: usize) -> String {
+    let list: Vec<String> = (first..first + count).map(|i| format!("${i}")).collect();
+    list.join(", ")
+}
+
+/// `($1, $2, ...), ($n, ...)`: `rows` rows of `width` numbered parameters, for a multi-row
+/// `VALUES` list.
+pub(crate) fn values(rows: usize, width: usize) -> String {
+    let row = |r: usize| format!("({})", params(r * width + 1, width));
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
 /// The current time as microseconds since the epoch.
 pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()

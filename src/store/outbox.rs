@@ -70,23 +70,9 @@ where
         let first = appended.len();
         appended.extend(chunk.iter().map(|_| ids::new_id(ids::EVENT)));
         let chunk_ids = &appended[first..];
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let p = 6 * i;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6
-                )
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO events (id, marketplace_id, type, entity_id, occurred_at, entity) VALUES {}",
-            rows.join(", ")
+            super::values(chunk.len(), 6)
         );
         let mut insert = sqlx::query::<DB>(AssertSqlSafe(sql));
         for (id, event) in chunk_ids.iter().zip(chunk) {
@@ -99,7 +85,6 @@ where
                 .bind(event.entity.to_string());
         }
         insert.execute(&mut *conn).await?;
-        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "INSERT INTO deliveries (id, event_id, callback_id, marketplace_id, status, attempts, schedule_start, \
              next_attempt_at, created_at, updated_at) \
@@ -108,7 +93,7 @@ where
              WHERE e.id IN ({}) AND c.enabled AND c.deleted_at IS NULL \
              AND (NOT EXISTS (SELECT 1 FROM callback_event_types t WHERE t.callback_id = c.id) \
                   OR EXISTS (SELECT 1 FROM callback_event_types t WHERE t.callback_id = c.id AND t.event_type = e.type))",
-            params.join(", ")
+            super::params(1, chunk.len())
         );
         let mut fan_out = sqlx::query::<DB>(AssertSqlSafe(sql));
         for id in chunk_ids {

@@ -11,7 +11,7 @@ use serde_json::json;
 use sqlx::Row;
 
 use crate::common::*;
-use crate::delivery::{fast, register};
+use crate::delivery::{attempt_record, fast, register};
 use crate::receiver::{Answer, Receiver};
 
 async fn count(app: &TestApp, sql: &str, bind: &str) -> i64 {
@@ -21,21 +21,6 @@ async fn count(app: &TestApp, sql: &str, bind: &str) -> i64 {
         .await
         .expect("count")
         .get::<i64, _>(0)
-}
-
-fn record(status: i64, succeeded: bool) -> AttemptRecord {
-    AttemptRecord {
-        started_at: now_micros(),
-        duration_us: 1,
-        request_headers: vec![("webhook-id".into(), "x".into())],
-        request_body: "{}".into(),
-        response_status: Some(status),
-        response_headers: Some(vec![]),
-        response_body: Some(String::new()),
-        error_code: None,
-        error_detail: None,
-        succeeded,
-    }
 }
 
 async fn enqueue_many_fans_each_event_out_to_the_callbacks_that_want_it(app: TestApp) {
@@ -146,7 +131,7 @@ async fn one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health(
     let batch = vec![
         Finished {
             claimed: claimed[0].clone(),
-            record: record(200, true),
+            record: attempt_record(200, true),
             next: Next::Succeeded,
             health: Health::Ok,
         },
@@ -154,14 +139,14 @@ async fn one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health(
             claimed: claimed[1].clone(),
             record: AttemptRecord {
                 started_at: failed_at,
-                ..record(500, false)
+                ..attempt_record(500, false)
             },
             next: Next::RetryAt(now_micros() + 60_000_000),
             health: Health::Failing,
         },
         Finished {
             claimed: stale,
-            record: record(500, false),
+            record: attempt_record(500, false),
             next: Next::GiveUp,
             health: Health::Failing,
         },

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use hookline::dispatch::schedule::RetrySchedule;
 use hookline::dispatch::{DispatchConfig, Dispatcher};
 use hookline::signing;
-use hookline::store::deliveries::{Finished, Health, Next};
+use hookline::store::deliveries::{AttemptRecord, Finished, Health, Next};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -33,6 +33,22 @@ pub(crate) fn fast() -> DispatchConfig {
         allow: vec!["127.0.0.0/8".parse().expect("a range")],
         shutdown_grace: Duration::from_millis(500),
         ..DispatchConfig::default()
+    }
+}
+
+/// The record of an attempt answered with `status`.
+pub(crate) fn attempt_record(status: i64, succeeded: bool) -> AttemptRecord {
+    AttemptRecord {
+        started_at: hookline::store::now_micros(),
+        duration_us: 1,
+        request_headers: vec![("webhook-id".into(), "x".into())],
+        request_body: "{}".into(),
+        response_status: Some(status),
+        response_headers: Some(vec![]),
+        response_body: Some(String::new()),
+        error_code: None,
+        error_detail: None,
+        succeeded,
     }
 }
 
@@ -763,21 +779,9 @@ async fn a_dispatcher_that_lost_its_lease_cannot_overwrite_the_newer_result(app:
         .run_once()
         .await
         .expect("a step");
-    let record = hookline::store::deliveries::AttemptRecord {
-        started_at: hookline::store::now_micros(),
-        duration_us: 1,
-        request_headers: vec![],
-        request_body: String::new(),
-        response_status: Some(500),
-        response_headers: None,
-        response_body: None,
-        error_code: None,
-        error_detail: None,
-        succeeded: false,
-    };
     let finished = Finished {
         claimed: stale,
-        record,
+        record: attempt_record(500, false),
         next: Next::GiveUp,
         health: Health::Failing,
     };
