@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::store::deliveries::{Claimed, Finished, Health, Next, Target};
+use crate::store::deliveries::{Claimed, Finished, Health, MAX_CLAIM_CALLBACKS, Next, Target};
 use crate::store::{Backend, Db, StoreError, now_micros};
 use guard::Guard;
 use recorder::Recorder;
@@ -160,7 +160,7 @@ impl Dispatcher {
         Dispatcher {
             wake: db.wake_handle(),
             refill: Arc::default(),
-            db,
+            db: db.for_dispatcher(),
             config: Arc::new(config),
             client,
             guard,
@@ -277,8 +277,8 @@ impl Dispatcher {
     /// One round of claims within this process's room (`concurrency` held at most), each
     /// for one callback's own due work, at most what its lane may still hold: for each busy
     /// callback that ran low, and, if `discover`, for every other callback with due work.
-    /// Claimed deliveries start at once where their callback has an attempt to spare and
-    /// wait their turn otherwise.
+    /// The round's claims commit together, in one transaction. Claimed deliveries start at
+    /// once where their callback has an attempt to spare and wait their turn otherwise.
     async fn claim_round(
         &self,
         discover: bool,
@@ -319,29 +319,31 @@ impl Dispatcher {
                 wanted.push((callback, 2 * cap - held));
             }
         }
-        let mut claimed = Vec::new();
-        let (mut busy, mut drained) = (Vec::new(), Vec::new());
-        for (callback, want) in wanted {
-            let want = want.min(room);
-            if want == 0 {
+        // Each callback asks for what its lane may still hold, within the room left.
+        let mut asks: Vec<(&str, i64)> = Vec::new();
+        for (callback, want) in &wanted {
+            let want = (*want).min(room);
+            if want == 0 || asks.len() == MAX_CLAIM_CALLBACKS {
                 // No room left this round: the callback's work stays due for the next.
                 claims.full = true;
                 break;
             }
-            let got = match self.db.claim_due_for(&callback, want as i64, lease).await {
-                Ok(got) => got,
-                // What this round claimed so far still goes out; the rest waits for the next.
-                Err(e) => {
-                    tracing::error!(error = %e, "claiming due deliveries failed");
-                    break;
-                }
-            };
-            if got.len() < want {
-                drained.push(callback);
+            room -= want;
+            asks.push((callback, want as i64));
+        }
+        let got = if asks.is_empty() {
+            Vec::new()
+        } else {
+            self.db.claim_due_for_each(&asks, lease).await?
+        };
+        let mut claimed = Vec::new();
+        let (mut busy, mut drained) = (Vec::new(), Vec::new());
+        for ((callback, want), got) in asks.iter().zip(got) {
+            if (got.len() as i64) < *want {
+                drained.push(callback.to_string());
             } else {
-                busy.push(callback);
+                busy.push(callback.to_string());
             }
-            room -= got.len();
             claims.claimed += got.len();
             claimed.extend(got);
         }

@@ -5,7 +5,8 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::any::AnyArguments;
+use sqlx::{Arguments, AssertSqlSafe, Row};
 
 use super::rows::{self, event_columns};
 use super::{Backend, Db, StoreError, Tx, now_micros, params, values};
@@ -80,25 +81,124 @@ pub struct Finished {
     pub health: Health,
 }
 
-/// Claims due deliveries of enabled callbacks. `{filter}` narrows the callbacks; `{lock}`
-/// is PostgreSQL's `FOR UPDATE OF d SKIP LOCKED`, so rows another dispatcher is claiming
-/// are skipped, not waited on (SQLite has one writer).
+/// The due deliveries of enabled callbacks that one branch of a claim takes, oldest due
+/// first. `{filter}` narrows them to one callback, `{limit}` is the parameter of the branch's
+/// limit, and `{lock}` is PostgreSQL's `FOR UPDATE OF d SKIP LOCKED`, so rows another
+/// dispatcher is claiming are skipped, not waited on (SQLite has one writer).
+const CLAIM_BRANCH: &str = "SELECT id FROM (SELECT d.id FROM deliveries d JOIN callbacks c ON c.id = d.callback_id \
+     WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $3 \
+     AND c.enabled AND c.deleted_at IS NULL {filter} \
+     ORDER BY d.next_attempt_at LIMIT {limit} {lock}) AS b";
+
+/// A claim: one statement, whose branches are [`CLAIM_BRANCH`]es joined by `UNION ALL`.
 ///
 /// A claim also moves `next_attempt_at` to the lease's expiry: a delivery in flight is not
 /// due until its lease runs out (then it is, if its attempt was lost). So the due range of
-/// the `deliveries_due` index holds only work nobody holds, and a claim reads no leased
-/// rows.
-const CLAIM: &str = "UPDATE deliveries SET lease_token = $1, lease_expires_at = $2, next_attempt_at = $2 WHERE id IN (\
-     SELECT d.id FROM deliveries d JOIN callbacks c ON c.id = d.callback_id \
-     WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $3 \
-     AND c.enabled AND c.deleted_at IS NULL \
-     {filter} ORDER BY d.next_attempt_at LIMIT $4 {lock}) \
+/// the `deliveries_due_callback` index holds only work nobody holds, and a claim reads no
+/// leased rows.
+const CLAIM: &str = "UPDATE deliveries SET lease_token = $1, lease_expires_at = $2, next_attempt_at = $2 \
+     WHERE id IN ({branches}) \
      RETURNING id, event_id, callback_id, attempts, schedule_base, schedule_start";
+
+/// The most callbacks one claim statement asks for (two parameters each).
+pub const MAX_CLAIM_CALLBACKS: usize = 100;
 
 impl Db {
     /// Claims up to `limit` due deliveries of any callback for `lease_us`, oldest due first.
     pub async fn claim_due(&self, limit: i64, lease_us: i64) -> Result<Vec<Claimed>, StoreError> {
-        self.claim(limit, lease_us, "", &[]).await
+        self.claim(&[(None, limit)], lease_us).await
+    }
+
+    /// For each `(callback, limit)`, claims up to `limit` of that callback's due deliveries,
+    /// oldest due first, through the `deliveries_due_callback` index (as cheap however much
+    /// else is due). One statement for all (at most [`MAX_CLAIM_CALLBACKS`]), under one
+    /// lease: all are claimed, or none. Returns each callback's claims, in the order asked.
+    pub async fn claim_due_for_each(
+        &self,
+        wants: &[(&str, i64)],
+        lease_us: i64,
+    ) -> Result<Vec<Vec<Claimed>>, StoreError> {
+        let asks: Vec<(Option<&str>, i64)> = wants.iter().map(|(c, n)| (Some(*c), *n)).collect();
+        let mut claimed = self.claim(&asks, lease_us).await?;
+        Ok(wants
+            .iter()
+            .map(|(callback, _)| {
+                let (mine, rest) = std::mem::take(&mut claimed)
+                    .into_iter()
+                    .partition(|c| c.callback_id == *callback);
+                claimed = rest;
+                mine
+            })
+            .collect())
+    }
+
+    /// [`CLAIM`] with one branch per ask: a callback (or any) and how many of its due
+    /// deliveries to take. Its commit does not wait for the disk ([`Db::fetch_unflushed`]).
+    async fn claim(
+        &self,
+        asks: &[(Option<&str>, i64)],
+        lease_us: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        assert!(
+            asks.len() <= MAX_CLAIM_CALLBACKS,
+            "too many callbacks for one claim"
+        );
+        if asks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "FOR UPDATE OF d SKIP LOCKED",
+        };
+        let now = now_micros();
+        let token = crate::domain::ids::new_id("LS");
+        let mut args = AnyArguments::default();
+        let bound = (|| {
+            args.add(&token)?;
+            args.add(now.saturating_add(lease_us))?;
+            args.add(now)?;
+            for (callback, limit) in asks {
+                args.add(*limit)?;
+                if let Some(callback) = callback {
+                    args.add(*callback)?;
+                }
+            }
+            Ok::<_, sqlx::error::BoxDynError>(())
+        })();
+        bound.map_err(sqlx::Error::Encode)?;
+        let mut next = 4;
+        let branches: Vec<String> = asks
+            .iter()
+            .map(|(callback, _)| {
+                let limit = format!("${next}");
+                next += 1;
+                let filter = if callback.is_some() {
+                    next += 1;
+                    format!("AND d.callback_id = ${}", next - 1)
+                } else {
+                    String::new()
+                };
+                CLAIM_BRANCH
+                    .replace("{filter}", &filter)
+                    .replace("{limit}", &limit)
+                    .replace("{lock}", lock)
+            })
+            .collect();
+        let sql = CLAIM.replace("{branches}", &branches.join(" UNION ALL "));
+        let rows = self.fetch_unflushed(&sql, args).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Claimed {
+                    id: r.try_get("id")?,
+                    event_id: r.try_get("event_id")?,
+                    callback_id: r.try_get("callback_id")?,
+                    attempts: r.try_get("attempts")?,
+                    schedule_base: r.try_get("schedule_base")?,
+                    schedule_start: r.try_get("schedule_start")?,
+                    lease_token: token.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The enabled callbacks with due work, but those in `skip`: one probe of the
@@ -125,57 +225,6 @@ impl Db {
             .collect::<Result<_, _>>()?)
     }
 
-    /// Claims up to `limit` due deliveries of one callback, oldest due first (through the
-    /// `deliveries_due_callback` index: as cheap however much else is due).
-    pub async fn claim_due_for(
-        &self,
-        callback_id: &str,
-        limit: i64,
-        lease_us: i64,
-    ) -> Result<Vec<Claimed>, StoreError> {
-        self.claim(limit, lease_us, "AND d.callback_id = $5", &[callback_id])
-            .await
-    }
-
-    /// [`CLAIM`] with `filter`, whose parameters start at `$5`.
-    async fn claim(
-        &self,
-        limit: i64,
-        lease_us: i64,
-        filter: &str,
-        filter_params: &[&str],
-    ) -> Result<Vec<Claimed>, StoreError> {
-        let now = now_micros();
-        let token = crate::domain::ids::new_id("LS");
-        let lock = match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => "FOR UPDATE OF d SKIP LOCKED",
-        };
-        let sql = CLAIM.replace("{filter}", filter).replace("{lock}", lock);
-        let mut query = sqlx::query(AssertSqlSafe(sql))
-            .bind(&token)
-            .bind(now.saturating_add(lease_us))
-            .bind(now)
-            .bind(limit);
-        for param in filter_params {
-            query = query.bind(*param);
-        }
-        let rows = query.fetch_all(self.writer()).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Claimed {
-                    id: r.try_get("id")?,
-                    event_id: r.try_get("event_id")?,
-                    callback_id: r.try_get("callback_id")?,
-                    attempts: r.try_get("attempts")?,
-                    schedule_base: r.try_get("schedule_base")?,
-                    schedule_start: r.try_get("schedule_start")?,
-                    lease_token: token.clone(),
-                })
-            })
-            .collect()
-    }
-
     /// Gives claimed deliveries back before their lease runs out, due at once, for others
     /// to take. One statement per batch: each delivery is released only under the lease it
     /// was claimed with (id and token both bound).
@@ -200,12 +249,12 @@ impl Db {
     }
 
     /// When the next delivery falls due, if any is waiting (one in flight falls due when
-    /// its lease runs out). Walks the `deliveries_due` index in order.
+    /// its lease runs out): one probe of the `deliveries_due_callback` index per callback.
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(
-            "SELECT d.next_attempt_at FROM deliveries d JOIN callbacks c ON c.id = d.callback_id \
-             WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at IS NOT NULL \
-             AND c.enabled AND c.deleted_at IS NULL ORDER BY d.next_attempt_at LIMIT 1",
+            "SELECT MIN((SELECT MIN(d.next_attempt_at) FROM deliveries d WHERE d.callback_id = c.id \
+             AND d.status IN ('pending', 'retrying'))) AS next_attempt_at \
+             FROM callbacks c WHERE c.enabled AND c.deleted_at IS NULL",
         )
         .fetch_optional(self.reader())
         .await?;
@@ -456,6 +505,9 @@ fn fold_health<'a>(finished: impl Iterator<Item = &'a Finished>) -> Vec<(String,
             }
         }
     }
+    // Callbacks are updated in id order, so two dispatchers' batches cannot deadlock on
+    // each other's callback rows.
+    by_callback.sort_by(|a, b| a.0.cmp(&b.0));
     by_callback
 }
 

@@ -27,8 +27,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{Any, AnyPool};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow, install_default_drivers};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, AssertSqlSafe};
 use tokio::sync::Notify;
 
 use crate::domain::ledger::{Kind, Status};
@@ -127,6 +128,10 @@ pub struct Db {
     write: AnyPool,
     /// Reads. On PostgreSQL the same pool as `write`.
     read: AnyPool,
+    /// The dispatcher's connections ([`Db::for_dispatcher`]): on PostgreSQL a pool of its
+    /// own, so claims and attempt records never queue behind the API's transactions; on
+    /// SQLite the one writer, as for every other write.
+    dispatch: AnyPool,
     backend: Backend,
     /// The URL connected to (PostgreSQL's LISTEN needs a connection of its own).
     url: String,
@@ -141,6 +146,9 @@ pub struct DbOptions {
     pub max_connections: u32,
     /// SQLite reader connections (there is always exactly one writer).
     pub sqlite_readers: u32,
+    /// The dispatcher's own PostgreSQL pool: its claim loop and its attempt writer each
+    /// use one connection at a time.
+    pub dispatch_connections: u32,
 }
 
 impl Default for DbOptions {
@@ -148,6 +156,7 @@ impl Default for DbOptions {
         Self {
             max_connections: 16,
             sqlite_readers: 4,
+            dispatch_connections: 4,
         }
     }
 }
@@ -167,20 +176,11 @@ impl Db {
     pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, StoreError> {
         install_default_drivers();
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = AnyPoolOptions::new()
-                .max_connections(options.max_connections)
-                .acquire_timeout(Duration::from_secs(10))
-                .after_connect(|_, _| {
-                    Box::pin(async {
-                        nodelay::on_tcp_sockets();
-                        Ok(())
-                    })
-                })
-                .connect(url)
-                .await?;
+            let pool = postgres_pool(options.max_connections).connect(url).await?;
             Db {
                 write: pool.clone(),
                 read: pool,
+                dispatch: postgres_pool(options.dispatch_connections).connect_lazy(url)?,
                 backend: Backend::Postgres,
                 url: url.to_owned(),
                 wake: Arc::default(),
@@ -192,6 +192,7 @@ impl Db {
                 .connect(&url)
                 .await?;
             Db {
+                dispatch: write.clone(),
                 write,
                 read,
                 backend: Backend::Sqlite,
@@ -258,9 +259,68 @@ impl Db {
         Ok(())
     }
 
+    /// This handle with the dispatcher's connections for every read and write (on
+    /// PostgreSQL a pool of its own; on SQLite the same as every handle's).
+    pub fn for_dispatcher(&self) -> Db {
+        Db {
+            write: self.dispatch.clone(),
+            read: match self.backend {
+                Backend::Postgres => self.dispatch.clone(),
+                Backend::Sqlite => self.read.clone(),
+            },
+            ..self.clone()
+        }
+    }
+
+    /// Runs `sql`, one statement, on the writer, with a commit that does not wait for the
+    /// disk (PostgreSQL: `synchronous_commit = off` for its transaction; SQLite:
+    /// `synchronous = NORMAL` around it, in the same round trip). For claims alone: a claim
+    /// lost to a crash leaves its deliveries due again, as when a lease runs out, and the
+    /// next durable commit (an attempt record, say) makes every earlier one durable too.
+    pub(crate) async fn fetch_unflushed(
+        &self,
+        sql: &str,
+        args: AnyArguments,
+    ) -> Result<Vec<AnyRow>, StoreError> {
+        match self.backend {
+            Backend::Postgres => {
+                let mut tx = self
+                    .write
+                    .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                    .await?;
+                let rows = sqlx::query_with(AssertSqlSafe(sql.to_owned()), args)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
+            Backend::Sqlite => {
+                // The setting cannot change inside a transaction, so it brackets the
+                // statement (a transaction of its own). Should the statement fail, or the
+                // future be dropped, before the setting is back, the connection is closed
+                // rather than handed on with commits that do not wait for the disk.
+                let mut conn = CloseUnlessDurable(Some(self.write.acquire().await?));
+                let conn_ref = conn.0.as_mut().expect("held until taken back");
+                let bracketed =
+                    format!("PRAGMA synchronous = NORMAL; {sql}; PRAGMA synchronous = FULL");
+                let rows = sqlx::query_with(AssertSqlSafe(bracketed), args)
+                    .fetch_all(&mut **conn_ref)
+                    .await;
+                if rows.is_err() {
+                    sqlx::raw_sql("PRAGMA synchronous = FULL")
+                        .execute(&mut **conn_ref)
+                        .await?;
+                }
+                conn.0.take();
+                Ok(rows?)
+            }
+        }
+    }
+
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
+        self.dispatch.close().await;
     }
 }
 
@@ -294,10 +354,36 @@ fn sqlite_url(url: &str) -> String {
     }
 }
 
+/// A SQLite writer connection that is closed when dropped, unless taken out first: one
+/// whose commits may not wait for the disk must not serve anyone else.
+struct CloseUnlessDurable(Option<PoolConnection<Any>>);
+
+impl Drop for CloseUnlessDurable {
+    fn drop(&mut self) {
+        if let Some(conn) = &mut self.0 {
+            conn.close_on_drop();
+        }
+    }
+}
+
+fn postgres_pool(connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|_, _| {
+            Box::pin(async {
+                nodelay::on_tcp_sockets();
+                Ok(())
+            })
+        })
+}
+
 fn sqlite_pool(connections: u32) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(connections)
         .acquire_timeout(Duration::from_secs(30))
+        // A connection to a local file does not go stale: no ping before each use.
+        .test_before_acquire(false)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 // WAL lets readers run beside the writer; FULL sync keeps every commit

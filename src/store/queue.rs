@@ -5,17 +5,20 @@ use sqlx::Row;
 
 use super::{Db, Scope, StoreError, now_micros};
 
-/// One statement, so PostgreSQL answers all three from one snapshot. Every subquery keeps
-/// to `status IN ('pending', 'retrying')`, the predicate of the `deliveries_due` partial
-/// index, so a scrape costs the size of the backlog, not of the delivery history (a
-/// delivery holds a lease only while it is pending or retrying).
+/// One statement, so PostgreSQL answers all three from one snapshot. Due work is counted
+/// per callback through the `deliveries_due_callback` partial index, so a scrape costs the
+/// work that is due, not the work scheduled for later nor the delivery history. Work in
+/// flight is counted among the backlog (`status IN ('pending', 'retrying')`; a delivery
+/// holds a lease only then).
 const QUEUE_DEPTH: &str = "SELECT \
-     (SELECT COUNT(*) FROM deliveries d JOIN callbacks c ON c.id = d.callback_id \
-      WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $1 \
-      AND c.enabled AND c.deleted_at IS NULL AND d.marketplace_id = COALESCE($2, d.marketplace_id)) AS due, \
-     (SELECT MIN(d.next_attempt_at) FROM deliveries d JOIN callbacks c ON c.id = d.callback_id \
-      WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $1 \
-      AND c.enabled AND c.deleted_at IS NULL AND d.marketplace_id = COALESCE($2, d.marketplace_id)) AS oldest_due, \
+     (SELECT CAST(COALESCE(SUM((SELECT COUNT(*) FROM deliveries d WHERE d.callback_id = c.id \
+       AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $1)), 0) AS BIGINT) \
+      FROM callbacks c WHERE c.enabled AND c.deleted_at IS NULL \
+      AND c.marketplace_id = COALESCE($2, c.marketplace_id)) AS due, \
+     (SELECT MIN((SELECT MIN(d.next_attempt_at) FROM deliveries d WHERE d.callback_id = c.id \
+       AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $1)) \
+      FROM callbacks c WHERE c.enabled AND c.deleted_at IS NULL \
+      AND c.marketplace_id = COALESCE($2, c.marketplace_id)) AS oldest_due, \
      (SELECT COUNT(*) FROM deliveries d \
       WHERE d.status IN ('pending', 'retrying') AND d.lease_expires_at > $1 \
       AND d.marketplace_id = COALESCE($2, d.marketplace_id)) AS in_flight";

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use hookline::dispatch::{DispatchConfig, Dispatcher};
 use hookline::store::deliveries::{AttemptRecord, Finished, Health, Next};
-use hookline::store::now_micros;
 use hookline::store::outbox::{self, NewEvent};
+use hookline::store::{Backend, now_micros};
 use serde_json::json;
 use sqlx::Row;
 
@@ -241,8 +241,106 @@ async fn a_busy_callback_is_refilled_by_claims_of_its_own(app: TestApp) {
     );
 }
 
+async fn a_rounds_claims_commit_together_and_later_commits_stay_durable(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let (first, _) = register(&app, json!({ "url": format!("{}/a", receiver.url) })).await;
+    let (second, _) = register(&app, json!({ "url": format!("{}/b", receiver.url) })).await;
+    for _ in 0..3 {
+        app.order().await;
+    }
+    let claimed = app
+        .db
+        .claim_due_for_each(&[(first.as_str(), 2), (second.as_str(), 5)], 60_000_000)
+        .await
+        .expect("claim");
+    let sizes: Vec<usize> = claimed.iter().map(Vec::len).collect();
+    assert_eq!(
+        sizes,
+        [2, 3],
+        "each callback gets at most what it asked for"
+    );
+    assert!(claimed[0].iter().all(|c| c.callback_id == first));
+    assert!(claimed[1].iter().all(|c| c.callback_id == second));
+    let token = &claimed[0][0].lease_token;
+    assert!(
+        claimed.iter().flatten().all(|c| &c.lease_token == token),
+        "one transaction, one lease"
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM deliveries WHERE lease_token = $1",
+            token
+        )
+        .await,
+        5
+    );
+    // The claim's commit did not wait for the disk; every other commit still does.
+    let durable = match app.db.backend() {
+        Backend::Sqlite => {
+            let level: i64 = sqlx::query("PRAGMA synchronous")
+                .fetch_one(app.db.writer())
+                .await
+                .expect("pragma")
+                .get(0);
+            level == 2
+        }
+        Backend::Postgres => {
+            let mut tx = app.db.begin().await.expect("begin");
+            let setting: String = sqlx::query("SELECT current_setting('synchronous_commit')")
+                .fetch_one(&mut *tx)
+                .await
+                .expect("setting")
+                .get(0);
+            setting == "on"
+        }
+    };
+    assert!(
+        durable,
+        "the writer is back to commits that wait for the disk"
+    );
+}
+
+async fn the_dispatcher_claims_on_connections_of_its_own(app: TestApp) {
+    let mut receiver = Receiver::start(Answer::Status(200)).await;
+    register(
+        &app,
+        json!({ "url": receiver.url, "event_types": ["order.created"] }),
+    )
+    .await;
+    app.order().await;
+    let dispatcher = Dispatcher::new(app.db.clone(), fast());
+    // Every connection the API writes with is inside a transaction that goes on.
+    let writers = match app.db.backend() {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 8,
+    };
+    let mut open = Vec::new();
+    for _ in 0..writers {
+        open.push(app.db.begin().await.expect("begin"));
+    }
+    let step = tokio::time::timeout(Duration::from_millis(500), dispatcher.run_once()).await;
+    match app.db.backend() {
+        Backend::Postgres => {
+            let attempted = step.expect("no wait for the API's pool").expect("step");
+            assert_eq!(attempted, 1);
+        }
+        Backend::Sqlite => {
+            assert!(
+                step.is_err(),
+                "SQLite has one writer: the claim waits for it"
+            );
+            drop(open);
+            assert_eq!(dispatcher.run_once().await.expect("step"), 1);
+        }
+    }
+    assert_eq!(receiver.drain().len(), 1);
+}
+
 on_both_backends!(
     enqueue_many_fans_each_event_out_to_the_callbacks_that_want_it,
     one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health,
     a_busy_callback_is_refilled_by_claims_of_its_own,
+    a_rounds_claims_commit_together_and_later_commits_stay_durable,
+    the_dispatcher_claims_on_connections_of_its_own,
 );
