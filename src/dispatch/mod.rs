@@ -277,7 +277,7 @@ impl Dispatcher {
     /// One round of claims within this process's room (`concurrency` held at most), each
     /// for one callback's own due work, at most what its lane may still hold: for each busy
     /// callback that ran low, and, if `discover`, for every other callback with due work.
-    /// The round's claims commit together, in one transaction. Claimed deliveries start at
+    /// The round's claims are one statement: all commit, or none. Claimed deliveries start at
     /// once where their callback has an attempt to spare and wait their turn otherwise.
     async fn claim_round(
         &self,
