@@ -11,7 +11,7 @@ use serde_json::json;
 use sqlx::Row;
 
 use crate::common::*;
-use crate::delivery::{attempt_record, fast, register};
+use crate::delivery::{attempt_record, fast, register, register_order_created};
 use crate::receiver::{Answer, Receiver};
 
 async fn count(app: &TestApp, sql: &str, bind: &str) -> i64 {
@@ -108,11 +108,7 @@ async fn enqueue_many_fans_each_event_out_to_the_callbacks_that_want_it(app: Tes
 
 async fn one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(200)).await;
-    let (callback, _) = register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    let (callback, _) = register_order_created(&app, &receiver.url).await;
     for _ in 0..3 {
         app.order().await;
     }
@@ -194,11 +190,7 @@ async fn one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health(
 
 async fn a_busy_callback_is_refilled_by_claims_of_its_own(app: TestApp) {
     let mut receiver = Receiver::start(Answer::Status(200)).await;
-    let (callback, _) = register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    let (callback, _) = register_order_created(&app, &receiver.url).await;
     for _ in 0..20 {
         app.order().await;
     }
@@ -303,11 +295,7 @@ async fn a_rounds_claims_commit_together_and_later_commits_stay_durable(app: Tes
 
 async fn the_dispatcher_claims_on_connections_of_its_own(app: TestApp) {
     let mut receiver = Receiver::start(Answer::Status(200)).await;
-    register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    register_order_created(&app, &receiver.url).await;
     app.order().await;
     let dispatcher = Dispatcher::new(app.db.clone(), fast());
     // Every connection the API writes with is inside a transaction that goes on.

@@ -62,6 +62,11 @@ pub(crate) async fn register(app: &TestApp, body: Value) -> (String, String) {
     )
 }
 
+/// Registers a callback to `url` for `order.created` events only.
+pub(crate) async fn register_order_created(app: &TestApp, url: &str) -> (String, String) {
+    register(app, json!({ "url": url, "event_types": ["order.created"] })).await
+}
+
 /// Runs the dispatcher step by step until no delivery is pending or retrying.
 pub(crate) async fn deliver_all(app: &TestApp, dispatcher: &Dispatcher) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -298,11 +303,7 @@ async fn failed_attempts_are_retried_and_every_attempt_is_recorded(app: TestApp)
         Answer::Status(200),
     )
     .await;
-    register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    register_order_created(&app, &receiver.url).await;
     app.order().await;
     deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
 
@@ -402,11 +403,7 @@ async fn gone_disables_the_callback_and_keeps_the_reason(app: TestApp) {
 
 async fn a_callback_failing_for_the_whole_disable_window_is_turned_off(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(500)).await;
-    let (id, _) = register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    let (id, _) = register_order_created(&app, &receiver.url).await;
     app.order().await;
     let config = DispatchConfig {
         disable_after: Duration::from_millis(30),
@@ -439,11 +436,7 @@ async fn redirects_are_failures_and_never_followed(app: TestApp) {
         vec![("location", elsewhere.url.clone())],
     ))
     .await;
-    register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    register_order_created(&app, &receiver.url).await;
     app.order().await;
     deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
     assert!(
@@ -461,11 +454,7 @@ async fn redirects_are_failures_and_never_followed(app: TestApp) {
 async fn retry_after_on_429_sets_the_next_attempt(app: TestApp) {
     let receiver =
         Receiver::start(Answer::WithHeaders(429, vec![("retry-after", "3".into())])).await;
-    register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    register_order_created(&app, &receiver.url).await;
     app.order().await;
     let dispatcher = Dispatcher::new(app.db.clone(), fast());
     assert_eq!(dispatcher.run_once().await.expect("a step"), 1);
@@ -489,11 +478,7 @@ async fn refused_destinations_are_recorded_as_blocked(app: TestApp) {
         .and_then(|p| p.split('/').next())
         .expect("port")
         .to_owned();
-    register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    register_order_created(&app, &receiver.url).await;
     register(&app, json!({ "url": format!("http://localhost:{port}/hooks"), "event_types": ["order.created"] })).await;
     register(&app, json!({ "url": "http://169.254.169.254/latest/meta-data", "event_types": ["order.created"] })).await;
     register(
@@ -602,11 +587,7 @@ async fn attempts_without_an_answer_name_the_reason(app: TestApp) {
 
 async fn a_rotated_secret_signs_beside_the_new_one(app: TestApp) {
     let mut receiver = Receiver::start(Answer::Status(200)).await;
-    let (id, old) = register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    let (id, old) = register_order_created(&app, &receiver.url).await;
     let (status, body) = app
         .post(&format!("/callbacks/{id}/secret"), json!({}))
         .await;
@@ -718,11 +699,7 @@ async fn a_slow_receiver_never_holds_up_another(app: TestApp) {
 
 async fn new_work_wakes_an_idle_dispatcher_at_once(app: TestApp) {
     let mut receiver = Receiver::start(Answer::Status(200)).await;
-    register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    register_order_created(&app, &receiver.url).await;
     // On PostgreSQL a connection of its own, so only the NOTIFY can wake it; on SQLite the
     // dispatcher lives in the API's process and shares its in-process signal.
     let db = match app.backend() {
@@ -760,11 +737,7 @@ async fn new_work_wakes_an_idle_dispatcher_at_once(app: TestApp) {
 
 async fn a_dispatcher_that_lost_its_lease_cannot_overwrite_the_newer_result(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(200)).await;
-    register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    register_order_created(&app, &receiver.url).await;
     app.order().await;
     let stale = app
         .db
@@ -809,11 +782,7 @@ async fn a_dispatcher_that_lost_its_lease_cannot_overwrite_the_newer_result(app:
 
 async fn deleting_a_callback_stops_an_attempt_in_flight_from_rescheduling(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(500)).await;
-    let (id, _) = register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    let (id, _) = register_order_created(&app, &receiver.url).await;
     app.order().await;
     let claimed = app
         .db
@@ -858,11 +827,7 @@ async fn deleting_a_callback_stops_an_attempt_in_flight_from_rescheduling(app: T
 
 async fn work_of_turned_off_callbacks_is_not_due(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(200)).await;
-    let (id, _) = register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    let (id, _) = register_order_created(&app, &receiver.url).await;
     app.order().await;
     assert!(app.db.next_due().await.expect("next due").is_some());
     let (status, _) = app

@@ -26,23 +26,13 @@ const IN_FLIGHT: &str = "hookline_queue_in_flight_deliveries";
 
 /// Millisecond retries, two attempts at most, 127.0.0.0/8 allowed.
 fn fast() -> DispatchConfig {
+    let config = crate::delivery::fast();
     DispatchConfig {
-        poll_interval: Duration::from_millis(50),
-        lease: Duration::from_secs(10),
-        request_timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(1),
         schedule: RetrySchedule {
-            initial: Duration::from_millis(20),
-            factor: 2.0,
-            max_delay: Duration::from_millis(200),
             max_attempts: 2,
-            max_age: Duration::from_secs(60),
-            jitter: 0.0,
-            retry_after_max: Duration::from_secs(5),
+            ..config.schedule
         },
-        allow: vec!["127.0.0.0/8".parse().expect("a range")],
-        shutdown_grace: Duration::from_millis(500),
-        ..DispatchConfig::default()
+        ..config
     }
 }
 

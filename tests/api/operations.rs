@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::common::*;
-use crate::delivery::{deliver_all, fast, register};
+use crate::delivery::{deliver_all, fast, register, register_order_created};
 use crate::receiver::{Answer, Receiver};
 
 /// The newest event of `type`, visible to the app's marketplace.
@@ -21,11 +21,7 @@ async fn newest(app: &TestApp, event_type: &str) -> String {
 
 async fn an_events_deliveries_and_attempt_logs_are_readable(app: TestApp) {
     let mut receiver = Receiver::scripted(vec![Answer::Status(500)], Answer::Status(200)).await;
-    let (callback, _) = register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    let (callback, _) = register_order_created(&app, &receiver.url).await;
     app.order().await;
     deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
     let event = newest(&app, "order.created").await;
@@ -84,11 +80,7 @@ async fn an_events_deliveries_and_attempt_logs_are_readable(app: TestApp) {
 
 async fn redelivery_by_hand_requeues_once_while_pending(app: TestApp) {
     let mut receiver = Receiver::start(Answer::Status(200)).await;
-    let (callback, _) = register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    let (callback, _) = register_order_created(&app, &receiver.url).await;
     app.order().await;
     let dispatcher = Dispatcher::new(app.db.clone(), fast());
     deliver_all(&app, &dispatcher).await;
@@ -120,11 +112,7 @@ async fn redelivery_by_hand_requeues_once_while_pending(app: TestApp) {
 
 async fn failed_deliveries_of_a_time_range_are_requeued_in_bulk(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(503)).await;
-    let (callback, _) = register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    let (callback, _) = register_order_created(&app, &receiver.url).await;
     for _ in 0..3 {
         app.order().await;
     }
@@ -150,11 +138,7 @@ async fn failed_deliveries_of_a_time_range_are_requeued_in_bulk(app: TestApp) {
 
 async fn a_callbacks_health_and_recent_attempts_are_readable(app: TestApp) {
     let receiver = Receiver::scripted(vec![Answer::Status(502)], Answer::Status(200)).await;
-    let (callback, _) = register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    let (callback, _) = register_order_created(&app, &receiver.url).await;
     app.order().await;
     deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
     let (status, body) = app.get(&format!("/callbacks/{callback}/health")).await;
@@ -234,11 +218,7 @@ async fn events_filter_by_type_entity_time_and_delivery_state(app: TestApp) {
 
 async fn another_marketplace_sees_none_of_it_and_the_operator_sees_all(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(200)).await;
-    let (callback, _) = register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    let (callback, _) = register_order_created(&app, &receiver.url).await;
     app.order().await;
     deliver_all(&app, &Dispatcher::new(app.db.clone(), fast())).await;
     let event = newest(&app, "order.created").await;
@@ -280,11 +260,7 @@ async fn another_marketplace_sees_none_of_it_and_the_operator_sees_all(app: Test
 
 async fn queue_health_counts_due_work_and_the_last_minutes_attempts(app: TestApp) {
     let receiver = Receiver::scripted(vec![Answer::Status(500)], Answer::Status(200)).await;
-    register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    register_order_created(&app, &receiver.url).await;
     app.order().await;
     app.order().await;
     let (status, before) = app.get("/queue").await;
@@ -321,11 +297,7 @@ async fn queue_health_counts_due_work_and_the_last_minutes_attempts(app: TestApp
 
 async fn redelivery_is_refused_while_an_attempt_is_in_flight_and_after_a_delete(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(500)).await;
-    let (callback, _) = register(
-        &app,
-        json!({ "url": receiver.url, "event_types": ["order.created"] }),
-    )
-    .await;
+    let (callback, _) = register_order_created(&app, &receiver.url).await;
     app.order().await;
     let event = newest(&app, "order.created").await;
     let path = format!("/events/{event}/callbacks/{callback}");
