@@ -570,7 +570,11 @@ async fn receiver(
             (StatusCode::OK, "ok")
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // A deep accept queue: with thousands of attempts in flight, tokio's default backlog
+    // (1,024) drops connects, which then time out without reaching the receiver.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.1:0".parse()?)?;
+    let listener = socket.listen(16 * 1024)?;
     let url = format!("http://{}/hooks/{index}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(url)

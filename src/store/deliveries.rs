@@ -9,7 +9,7 @@ use sqlx::any::AnyArguments;
 use sqlx::{Arguments, AssertSqlSafe, Row};
 
 use super::rows::{self, event_columns};
-use super::{Backend, Db, StoreError, Tx, now_micros, params, values};
+use super::{Backend, Db, StoreError, Tx, now_micros, params, positional, values};
 use crate::domain::views::{self, CallbackStatuses};
 
 /// A delivery claimed by one dispatcher until `lease_expires_at`.
@@ -82,11 +82,13 @@ pub struct Finished {
 }
 
 /// The due deliveries of enabled callbacks that one branch of a claim takes, oldest due
-/// first. `{filter}` narrows them to one callback, `{limit}` is the parameter of the branch's
-/// limit, and `{lock}` is PostgreSQL's `FOR UPDATE OF d SKIP LOCKED`, so rows another
-/// dispatcher is claiming are skipped, not waited on (SQLite has one writer).
+/// first. `{now}` is the parameter of the time, `{filter}` narrows them to one callback,
+/// `{limit}` is the branch's limit, written into the statement (SQLite 3.51 re-prepares a
+/// statement whose `LIMIT` is a parameter each time that parameter is bound), and `{lock}`
+/// is PostgreSQL's `FOR UPDATE OF d SKIP LOCKED`, so rows another dispatcher is claiming
+/// are skipped, not waited on (SQLite has one writer).
 const CLAIM_BRANCH: &str = "SELECT id FROM (SELECT d.id FROM deliveries d JOIN callbacks c ON c.id = d.callback_id \
-     WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $3 \
+     WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= {now} \
      AND c.enabled AND c.deleted_at IS NULL {filter} \
      ORDER BY d.next_attempt_at LIMIT {limit} {lock}) AS b";
 
@@ -96,7 +98,7 @@ const CLAIM_BRANCH: &str = "SELECT id FROM (SELECT d.id FROM deliveries d JOIN c
 /// due until its lease runs out (then it is, if its attempt was lost). So the due range of
 /// the `deliveries_due_callback` index holds only work nobody holds, and a claim reads no
 /// leased rows.
-const CLAIM: &str = "UPDATE deliveries SET lease_token = $1, lease_expires_at = $2, next_attempt_at = $2 \
+const CLAIM: &str = "UPDATE deliveries SET lease_token = $1, lease_expires_at = $2, next_attempt_at = $3 \
      WHERE id IN ({branches}) \
      RETURNING id, event_id, callback_id, attempts, schedule_base, schedule_start";
 
@@ -152,13 +154,15 @@ impl Db {
         };
         let now = now_micros();
         let token = crate::domain::ids::new_id("LS");
+        let expires = now.saturating_add(lease_us);
+        // Parameters in the order they appear, each once (see `positional`).
         let mut args = AnyArguments::default();
         let bound = (|| {
             args.add(&token)?;
-            args.add(now.saturating_add(lease_us))?;
-            args.add(now)?;
-            for (callback, limit) in asks {
-                args.add(*limit)?;
+            args.add(expires)?;
+            args.add(expires)?;
+            for (callback, _) in asks {
+                args.add(now)?;
                 if let Some(callback) = callback {
                     args.add(*callback)?;
                 }
@@ -169,8 +173,8 @@ impl Db {
         let mut next = 4;
         let branches: Vec<String> = asks
             .iter()
-            .map(|(callback, _)| {
-                let limit = format!("${next}");
+            .map(|(callback, limit)| {
+                let now = format!("${next}");
                 next += 1;
                 let filter = if callback.is_some() {
                     next += 1;
@@ -179,12 +183,14 @@ impl Db {
                     String::new()
                 };
                 CLAIM_BRANCH
+                    .replace("{now}", &now)
                     .replace("{filter}", &filter)
-                    .replace("{limit}", &limit)
+                    .replace("{limit}", &limit.to_string())
                     .replace("{lock}", lock)
             })
             .collect();
         let sql = CLAIM.replace("{branches}", &branches.join(" UNION ALL "));
+        let sql = positional(sql, self.backend);
         let rows = self.fetch_unflushed(&sql, args).await?;
         rows.iter()
             .map(|r| {
@@ -214,7 +220,8 @@ impl Db {
              AND EXISTS (SELECT 1 FROM deliveries d WHERE d.callback_id = c.id \
              AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $1)"
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now_micros());
+        let mut query =
+            sqlx::query(AssertSqlSafe(positional(sql, self.backend))).bind(now_micros());
         for id in skip {
             query = query.bind(*id);
         }
@@ -240,7 +247,8 @@ impl Db {
              WHERE status IN ('pending', 'retrying') AND ({})",
             pairs.join(" OR ")
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now_micros());
+        let mut query =
+            sqlx::query(AssertSqlSafe(positional(sql, self.backend))).bind(now_micros());
         for c in claimed {
             query = query.bind(&c.id).bind(&c.lease_token);
         }
@@ -278,7 +286,7 @@ impl Db {
              WHERE id IN ({})",
             params(1, callback_ids.len())
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(positional(sql, self.backend)));
         for id in callback_ids {
             query = query.bind(*id);
         }
@@ -317,7 +325,7 @@ impl Db {
             event_columns!(),
             params(1, event_ids.len())
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(positional(sql, self.backend)));
         for id in event_ids {
             query = query.bind(*id);
         }
@@ -346,10 +354,10 @@ impl Db {
         let mut tx = self.begin().await?;
         let mut kept: HashSet<String> = HashSet::new();
         for chunk in finished.chunks(UPDATE_CHUNK) {
-            kept.extend(fence_and_advance(&mut tx, chunk).await?);
+            kept.extend(fence_and_advance(&mut tx, self.backend, chunk).await?);
         }
         for chunk in finished.chunks(INSERT_CHUNK) {
-            insert_attempts(&mut tx, chunk).await?;
+            insert_attempts(&mut tx, self.backend, chunk).await?;
         }
         let kept: Vec<bool> = finished
             .iter()
@@ -376,7 +384,7 @@ impl Db {
             "SELECT event_id, status, COUNT(*) AS n FROM deliveries WHERE event_id IN ({}) GROUP BY event_id, status",
             params(1, event_ids.len())
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(positional(sql, self.backend)));
         for id in event_ids {
             query = query.bind(*id);
         }
@@ -402,14 +410,18 @@ fn headers_json(headers: &[(String, String)]) -> String {
     serde_json::Value::Object(map).to_string()
 }
 
-/// Rows per multi-row statement: a few hundred parameters at most, as SQLite looks up each
-/// `$N` parameter's name in a list as long as the statement's (quadratic in the count).
+/// Rows per multi-row statement: a few hundred parameters at most, which keeps each
+/// statement's text and bound values small, and its prepared form worth caching.
 const UPDATE_CHUNK: usize = 64;
 const INSERT_CHUNK: usize = 32;
 
 /// Moves each delivery of `chunk` still under its claim's lease to its next state, in one
 /// statement; returns the ids it moved.
-async fn fence_and_advance(tx: &mut Tx, chunk: &[Finished]) -> Result<Vec<String>, StoreError> {
+async fn fence_and_advance(
+    tx: &mut Tx,
+    backend: Backend,
+    chunk: &[Finished],
+) -> Result<Vec<String>, StoreError> {
     // A VALUES list names its columns column1, column2, ... on both backends.
     let sql = format!(
         "UPDATE deliveries SET status = v.column3, attempts = attempts + 1, next_attempt_at = v.column4, \
@@ -418,7 +430,7 @@ async fn fence_and_advance(tx: &mut Tx, chunk: &[Finished]) -> Result<Vec<String
          AND deliveries.status IN ('pending', 'retrying') RETURNING id",
         values(chunk.len(), 5)
     );
-    let mut query = sqlx::query(AssertSqlSafe(sql));
+    let mut query = sqlx::query(AssertSqlSafe(positional(sql, backend)));
     for f in chunk {
         let (status, next_at) = match f.next {
             Next::Succeeded => ("succeeded", None),
@@ -439,13 +451,17 @@ async fn fence_and_advance(tx: &mut Tx, chunk: &[Finished]) -> Result<Vec<String
         .collect::<Result<_, _>>()?)
 }
 
-async fn insert_attempts(tx: &mut Tx, chunk: &[Finished]) -> Result<(), StoreError> {
+async fn insert_attempts(
+    tx: &mut Tx,
+    backend: Backend,
+    chunk: &[Finished],
+) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO attempts (delivery_id, attempt, started_at, duration_us, request_headers, request_body, \
          response_status, response_headers, response_body, error_code, error_detail, succeeded) VALUES {}",
         values(chunk.len(), 12)
     );
-    let mut query = sqlx::query(AssertSqlSafe(sql));
+    let mut query = sqlx::query(AssertSqlSafe(positional(sql, backend)));
     for f in chunk {
         let a = &f.record;
         query = query

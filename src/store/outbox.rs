@@ -11,6 +11,7 @@
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Database, Encode, Executor, IntoArguments, Type};
 
+use super::{Backend, positional};
 use crate::domain::ids;
 
 /// One event to append.
@@ -41,6 +42,7 @@ pub async fn enqueue<DB>(
 ) -> Result<String, sqlx::Error>
 where
     DB: Database,
+    DB::Connection: 'static,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
@@ -59,12 +61,14 @@ pub async fn enqueue_many<DB>(
 ) -> Result<Vec<String>, sqlx::Error>
 where
     DB: Database,
+    DB::Connection: 'static,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     String: for<'q> Encode<'q, DB> + Type<DB>,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
 {
+    let backend = backend_of::<DB>(conn);
     let mut appended = Vec::with_capacity(events.len());
     for chunk in events.chunks(CHUNK) {
         let first = appended.len();
@@ -74,7 +78,7 @@ where
             "INSERT INTO events (id, marketplace_id, type, entity_id, occurred_at, entity) VALUES {}",
             super::values(chunk.len(), 6)
         );
-        let mut insert = sqlx::query::<DB>(AssertSqlSafe(sql));
+        let mut insert = sqlx::query::<DB>(AssertSqlSafe(positional(sql, backend)));
         for (id, event) in chunk_ids.iter().zip(chunk) {
             insert = insert
                 .bind(id.as_str())
@@ -95,7 +99,7 @@ where
                   OR EXISTS (SELECT 1 FROM callback_event_types t WHERE t.callback_id = c.id AND t.event_type = e.type))",
             super::params(1, chunk.len())
         );
-        let mut fan_out = sqlx::query::<DB>(AssertSqlSafe(sql));
+        let mut fan_out = sqlx::query::<DB>(AssertSqlSafe(positional(sql, backend)));
         for id in chunk_ids {
             fan_out = fan_out.bind(id.as_str());
         }
@@ -104,8 +108,27 @@ where
     Ok(appended)
 }
 
-/// Events per pair of statements: a few hundred parameters at most, as SQLite looks up each
-/// `$N` parameter's name in a list as long as the statement's (quadratic in the count).
+/// Which backend `conn` talks to, for [`positional`]: sqlx's own SQLite driver, or its `Any`
+/// driver connected to SQLite, is SQLite; anything else is treated as PostgreSQL (left as
+/// written).
+fn backend_of<DB: Database>(conn: &DB::Connection) -> Backend
+where
+    DB::Connection: 'static,
+{
+    let any: &dyn std::any::Any = conn;
+    let sqlite = match any.downcast_ref::<sqlx::AnyConnection>() {
+        Some(conn) => conn.backend_name() == <sqlx::Sqlite as Database>::NAME,
+        None => DB::NAME == <sqlx::Sqlite as Database>::NAME,
+    };
+    if sqlite {
+        Backend::Sqlite
+    } else {
+        Backend::Postgres
+    }
+}
+
+/// Events per pair of statements: a few hundred parameters at most, which keeps each
+/// statement's text and bound values small, and its prepared form worth caching.
 const CHUNK: usize = 64;
 
 /// [`enqueue`] inside one of hookline's own transactions.
