@@ -195,9 +195,10 @@ impl Dispatcher {
                 .claim_round(discover, &recorder, &mut runners, &mut held)
                 .await;
             match round {
-                // Out of room with work still due: look again shortly (busy callbacks are
-                // refilled as their attempts finish meanwhile).
-                Ok(claims) if claims.full => {
+                // Out of room with work still due, or new work found: look again shortly
+                // (busy callbacks are refilled as their attempts finish meanwhile). Only a
+                // look that found nothing asks when the next delivery falls due.
+                Ok(claims) if claims.full || (discover && claims.claimed > 0) => {
                     next_look = tokio::time::Instant::now() + IDLE_FLOOR;
                 }
                 Ok(_) if discover => {
@@ -465,7 +466,7 @@ impl Dispatcher {
         )
     }
 
-    /// The targets and event bodies of a batch, one query each.
+    /// The targets and event bodies of a batch, read at the same time.
     async fn inputs(&self, batch: &[Claimed]) -> Inputs {
         let (mut callbacks, mut events): (Vec<&str>, Vec<&str>) = batch
             .iter()
@@ -476,8 +477,8 @@ impl Dispatcher {
         events.sort_unstable();
         events.dedup();
         let read = async {
-            let targets = self.db.targets(&callbacks).await?;
-            let bodies = self.db.event_bodies(&events).await?;
+            let (targets, bodies) =
+                tokio::try_join!(self.db.targets(&callbacks), self.db.event_bodies(&events))?;
             let targets = targets.into_iter().map(|(k, v)| (k, Arc::new(v)));
             Ok::<_, StoreError>(Inputs::Read {
                 targets: targets.collect(),

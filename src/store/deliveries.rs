@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use sqlx::any::AnyArguments;
-use sqlx::{Arguments, AssertSqlSafe, Row};
+use sqlx::{Any, Arguments, AssertSqlSafe, Encode, Row, Type};
 
 use super::rows::{self, event_columns};
 use super::{Backend, Db, StoreError, Tx, now_micros, params, positional, values};
@@ -83,10 +83,9 @@ pub struct Finished {
 
 /// The due deliveries of enabled callbacks that one branch of a claim takes, oldest due
 /// first. `{now}` is the parameter of the time, `{filter}` narrows them to one callback,
-/// `{limit}` is the branch's limit, written into the statement (SQLite 3.51 re-prepares a
-/// statement whose `LIMIT` is a parameter each time that parameter is bound), and `{lock}`
-/// is PostgreSQL's `FOR UPDATE OF d SKIP LOCKED`, so rows another dispatcher is claiming
-/// are skipped, not waited on (SQLite has one writer).
+/// `{limit}` is the branch's limit, and `{lock}` is PostgreSQL's `FOR UPDATE OF d SKIP
+/// LOCKED`, so rows another dispatcher is claiming are skipped, not waited on (SQLite has
+/// one writer).
 const CLAIM_BRANCH: &str = "SELECT id FROM (SELECT d.id FROM deliveries d JOIN callbacks c ON c.id = d.callback_id \
      WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= {now} \
      AND c.enabled AND c.deleted_at IS NULL {filter} \
@@ -157,38 +156,31 @@ impl Db {
         let expires = now.saturating_add(lease_us);
         // Parameters in the order they appear, each once (see `positional`).
         let mut args = AnyArguments::default();
-        let bound = (|| {
-            args.add(&token)?;
-            args.add(expires)?;
-            args.add(expires)?;
-            for (callback, _) in asks {
-                args.add(now)?;
-                if let Some(callback) = callback {
-                    args.add(*callback)?;
-                }
-            }
-            Ok::<_, sqlx::error::BoxDynError>(())
-        })();
-        bound.map_err(sqlx::Error::Encode)?;
-        let mut next = 4;
-        let branches: Vec<String> = asks
-            .iter()
-            .map(|(callback, limit)| {
-                let now = format!("${next}");
-                next += 1;
-                let filter = if callback.is_some() {
-                    next += 1;
-                    format!("AND d.callback_id = ${}", next - 1)
-                } else {
-                    String::new()
-                };
+        let mut branches = Vec::with_capacity(asks.len());
+        bind(&mut args, &token)?;
+        bind(&mut args, expires)?;
+        bind(&mut args, expires)?;
+        for (callback, limit) in asks {
+            let now = bind(&mut args, now)?;
+            let filter = match callback {
+                Some(callback) => format!("AND d.callback_id = {}", bind(&mut args, *callback)?),
+                None => String::new(),
+            };
+            // SQLite 3.51 re-prepares a statement whose `LIMIT` is a bound parameter each
+            // time it is bound, so there the limit is written in; PostgreSQL would parse
+            // each new text anew, so there it is bound.
+            let limit = match self.backend {
+                Backend::Sqlite => limit.to_string(),
+                Backend::Postgres => bind(&mut args, *limit)?,
+            };
+            branches.push(
                 CLAIM_BRANCH
                     .replace("{now}", &now)
                     .replace("{filter}", &filter)
-                    .replace("{limit}", &limit.to_string())
-                    .replace("{lock}", lock)
-            })
-            .collect();
+                    .replace("{limit}", &limit)
+                    .replace("{lock}", lock),
+            );
+        }
         let sql = CLAIM.replace("{branches}", &branches.join(" UNION ALL "));
         let sql = positional(sql, self.backend);
         let rows = self.fetch_unflushed(&sql, args).await?;
@@ -329,8 +321,10 @@ impl Db {
         for id in event_ids {
             query = query.bind(*id);
         }
-        let rows = query.fetch_all(self.reader()).await?;
-        let mut statuses = self.callback_statuses(event_ids).await?;
+        let (rows, mut statuses) = tokio::try_join!(
+            async { Ok(query.fetch_all(self.reader()).await?) },
+            self.callback_statuses(event_ids)
+        )?;
         for row in rows {
             let event = rows::event(&row)?;
             let counts = statuses.remove(&event.id).unwrap_or_default();
@@ -400,6 +394,15 @@ impl Db {
         }
         Ok(counts)
     }
+}
+
+/// Adds `value` to `args` and returns its parameter (`$N`).
+fn bind<'q>(
+    args: &mut AnyArguments,
+    value: impl Encode<'q, Any> + Type<Any>,
+) -> Result<String, sqlx::Error> {
+    args.add(value).map_err(sqlx::Error::Encode)?;
+    Ok(format!("${}", args.len()))
 }
 
 fn headers_json(headers: &[(String, String)]) -> String {

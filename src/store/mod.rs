@@ -133,6 +133,10 @@ pub struct Db {
     /// own, so claims and attempt records never queue behind the API's transactions; on
     /// SQLite the one writer, as for every other write.
     dispatch: AnyPool,
+    /// Where claims run ([`Db::fetch_unflushed`]): on PostgreSQL one connection with
+    /// `synchronous_commit = off` for the session, opened at once and kept, so a claim is
+    /// one round trip; on SQLite the one writer.
+    unflushed: AnyPool,
     backend: Backend,
     /// The URL connected to (PostgreSQL's LISTEN needs a connection of its own).
     url: String,
@@ -177,11 +181,16 @@ impl Db {
     pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, StoreError> {
         install_default_drivers();
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = postgres_pool(options.max_connections).connect(url).await?;
+            let pool = postgres_pool(options.max_connections, "")
+                .connect(url)
+                .await?;
             Db {
                 write: pool.clone(),
                 read: pool,
-                dispatch: postgres_pool(options.dispatch_connections).connect_lazy(url)?,
+                dispatch: postgres_pool(options.dispatch_connections, "").connect_lazy(url)?,
+                unflushed: postgres_pool(1, "SET synchronous_commit = off")
+                    .min_connections(1)
+                    .connect_lazy(url)?,
                 backend: Backend::Postgres,
                 url: url.to_owned(),
                 wake: Arc::default(),
@@ -194,6 +203,7 @@ impl Db {
                 .await?;
             Db {
                 dispatch: write.clone(),
+                unflushed: write.clone(),
                 write,
                 read,
                 backend: Backend::Sqlite,
@@ -273,8 +283,8 @@ impl Db {
         }
     }
 
-    /// Runs `sql`, one statement, on the writer, with a commit that does not wait for the
-    /// disk (PostgreSQL: `synchronous_commit = off` for its transaction; SQLite:
+    /// Runs `sql`, one statement, with a commit that does not wait for the disk
+    /// (PostgreSQL: on a connection with `synchronous_commit = off`; SQLite: on the writer,
     /// `synchronous = NORMAL` around it, in the same round trip). For claims alone: a claim
     /// lost to a crash leaves its deliveries due again, as when a lease runs out, and the
     /// next durable commit (an attempt record, say) makes every earlier one durable too.
@@ -284,23 +294,15 @@ impl Db {
         args: AnyArguments,
     ) -> Result<Vec<AnyRow>, StoreError> {
         match self.backend {
-            Backend::Postgres => {
-                let mut tx = self
-                    .write
-                    .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-                    .await?;
-                let rows = sqlx::query_with(AssertSqlSafe(sql.to_owned()), args)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(rows)
-            }
+            Backend::Postgres => Ok(sqlx::query_with(AssertSqlSafe(sql.to_owned()), args)
+                .fetch_all(&self.unflushed)
+                .await?),
             Backend::Sqlite => {
                 // The setting cannot change inside a transaction, so it brackets the
                 // statement (a transaction of its own). Should the statement fail, or the
                 // future be dropped, before the setting is back, the connection is closed
                 // rather than handed on with commits that do not wait for the disk.
-                let mut conn = CloseUnlessDurable(Some(self.write.acquire().await?));
+                let mut conn = CloseUnlessDurable(Some(self.unflushed.acquire().await?));
                 let conn_ref = conn.0.as_mut().expect("held until taken back");
                 let bracketed =
                     format!("PRAGMA synchronous = NORMAL; {sql}; PRAGMA synchronous = FULL");
@@ -322,6 +324,7 @@ impl Db {
         self.write.close().await;
         self.read.close().await;
         self.dispatch.close().await;
+        self.unflushed.close().await;
     }
 }
 
@@ -367,13 +370,17 @@ impl Drop for CloseUnlessDurable {
     }
 }
 
-fn postgres_pool(connections: u32) -> AnyPoolOptions {
+/// A PostgreSQL pool; each new connection runs `session` (settings), if any.
+fn postgres_pool(connections: u32, session: &'static str) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(connections)
         .acquire_timeout(Duration::from_secs(10))
-        .after_connect(|_, _| {
-            Box::pin(async {
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
                 nodelay::on_tcp_sockets();
+                if !session.is_empty() {
+                    sqlx::raw_sql(session).execute(conn).await?;
+                }
                 Ok(())
             })
         })

@@ -278,13 +278,17 @@ async fn a_rounds_claims_commit_together_and_later_commits_stay_durable(app: Tes
             level == 2
         }
         Backend::Postgres => {
-            let mut tx = app.db.begin().await.expect("begin");
-            let setting: String = sqlx::query("SELECT current_setting('synchronous_commit')")
-                .fetch_one(&mut *tx)
-                .await
-                .expect("setting")
-                .get(0);
-            setting == "on"
+            let mut on = true;
+            for db in [app.db.clone(), app.db.for_dispatcher()] {
+                let mut tx = db.begin().await.expect("begin");
+                let setting: String = sqlx::query("SELECT current_setting('synchronous_commit')")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .expect("setting")
+                    .get(0);
+                on &= setting == "on";
+            }
+            on
         }
     };
     assert!(
