@@ -805,10 +805,13 @@ fn percentiles(samples: &mut [i64]) -> String {
     )
 }
 
-/// Waits until no delivery is pending or retrying (one probe of the due index, cheap to
-/// poll); returns (succeeded, failed).
+/// Waits until no delivery is pending or retrying (one probe of the
+/// `deliveries_due_callback` index per callback, cheap to poll; a scan of `deliveries` every
+/// 20 ms would take a share of the database's time from what is measured); returns
+/// (succeeded, failed).
 async fn wait_settled(db: &Db) -> Result<(i64, i64), BoxError> {
-    const OPEN: &str = "SELECT 1 FROM deliveries WHERE status IN ('pending', 'retrying') LIMIT 1";
+    const OPEN: &str = "SELECT 1 FROM callbacks c WHERE EXISTS (SELECT 1 FROM deliveries d \
+         WHERE d.callback_id = c.id AND d.status IN ('pending', 'retrying')) LIMIT 1";
     while sqlx::query(OPEN)
         .fetch_optional(db.reader())
         .await?
