@@ -246,7 +246,14 @@ impl Db {
     /// Begins a write transaction. Library users who keep their own tables can use the
     /// same pools through [`Db::writer`].
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(self.write.begin().await?)
+        Ok(match self.backend {
+            // SQLite: take the write lock at once. Another process's commit between a
+            // deferred transaction's first read and its first write fails that write
+            // (SQLITE_BUSY_SNAPSHOT) without waiting; the lock itself is waited for
+            // (`busy_timeout`).
+            Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.write.begin().await?,
+        })
     }
 
     /// The pool for writes (one connection on SQLite).
