@@ -13,7 +13,9 @@ use hookline::signing;
 use hookline::store::{Db, DbOptions};
 
 /// mimalloc: the dispatcher allocates and frees small buffers across threads all the time,
-/// where glibc's allocator spent a sixth of the CPU in the benchmark.
+/// where glibc's allocator spent a sixth of the CPU in the benchmark. Built without its
+/// transparent huge pages (`no_thp`): with them, 10,000 attempts in flight took a third
+/// more memory (531 MiB against 396 MiB) for no measurable speed.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
