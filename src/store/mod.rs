@@ -2,9 +2,9 @@
 //!
 //! Both backends go through sqlx's `Any` driver, so every statement is written once, with
 //! `$N` parameters (SQLite reads them as numbered parameters too; the dispatcher's and the
-//! outbox's many-parameter statements reach it with `?`s, see `positional`). Where the backends
-//! differ (pool shape, pragmas, `FOR UPDATE SKIP LOCKED`, LISTEN/NOTIFY) the code says so
-//! by matching on [`Backend`]. Each public method is a whole unit of work: it opens,
+//! outbox's many-parameter statements reach it with `?`s, see `positional`). Where the
+//! backends differ (pool shape, pragmas, `FOR UPDATE SKIP LOCKED`, LISTEN/NOTIFY) the code
+//! says so by matching on [`Backend`]. Each public method is a whole unit of work: it opens,
 //! commits or rolls back its own database transaction.
 //!
 //! Concurrency: on PostgreSQL, money rules are enforced by guarded `UPDATE ... WHERE`
