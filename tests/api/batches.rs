@@ -11,7 +11,7 @@ use serde_json::json;
 use sqlx::Row;
 
 use crate::common::*;
-use crate::delivery::{attempt_record, fast, register, register_order_created};
+use crate::delivery::{Running, attempt_record, fast, register, register_order_created};
 use crate::receiver::{Answer, Receiver};
 
 async fn count(app: &TestApp, sql: &str, bind: &str) -> i64 {
@@ -201,17 +201,7 @@ async fn a_busy_callback_is_refilled_by_claims_of_its_own(app: TestApp) {
         poll_interval: Duration::from_secs(60),
         ..fast()
     };
-    let dispatcher = Dispatcher::new(app.db.clone(), config);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn({
-        let d = dispatcher.clone();
-        async move {
-            d.run(async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
+    let running = Running::start(Dispatcher::new(app.db.clone(), config));
     let started = Instant::now();
     for got in 0..20 {
         assert!(
@@ -220,8 +210,7 @@ async fn a_busy_callback_is_refilled_by_claims_of_its_own(app: TestApp) {
         );
     }
     assert!(started.elapsed() < Duration::from_secs(20));
-    let _ = stop.send(());
-    running.await.expect("join").expect("stops");
+    running.stop().await;
     assert_eq!(
         count(
             &app,

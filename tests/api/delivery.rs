@@ -36,6 +36,35 @@ pub(crate) fn fast() -> DispatchConfig {
     }
 }
 
+/// A dispatcher running in the background until [`Running::stop`].
+pub(crate) struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), hookline::dispatch::DispatchError>>,
+}
+
+impl Running {
+    pub(crate) fn start(dispatcher: Dispatcher) -> Running {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            dispatcher
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Running { stop, task }
+    }
+
+    /// Stops the dispatcher and waits until it has stopped cleanly.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("join")
+            .expect("the dispatcher stops cleanly");
+    }
+}
+
 /// The record of an attempt answered with `status`.
 pub(crate) fn attempt_record(status: i64, succeeded: bool) -> AttemptRecord {
     AttemptRecord {
@@ -640,17 +669,7 @@ async fn a_slow_receiver_never_holds_up_another(app: TestApp) {
         batch_size: 4,
         ..fast()
     };
-    let dispatcher = Dispatcher::new(app.db.clone(), config);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn({
-        let d = dispatcher.clone();
-        async move {
-            d.run(async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
+    let running = Running::start(Dispatcher::new(app.db.clone(), config));
     for _ in 0..20 {
         app.order().await;
     }
@@ -681,11 +700,7 @@ async fn a_slow_receiver_never_holds_up_another(app: TestApp) {
         2,
         "per_callback attempts reached the stuck receiver"
     );
-    let _ = stop.send(());
-    running
-        .await
-        .expect("join")
-        .expect("the dispatcher stops cleanly");
+    running.stop().await;
     assert_eq!(
         count(
             &app,
@@ -714,15 +729,7 @@ async fn new_work_wakes_an_idle_dispatcher_at_once(app: TestApp) {
         poll_interval: Duration::from_secs(30),
         ..fast()
     };
-    let dispatcher = Dispatcher::new(db, config);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        dispatcher
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let running = Running::start(Dispatcher::new(db, config));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let created = Instant::now();
     app.order().await;
@@ -731,8 +738,7 @@ async fn new_work_wakes_an_idle_dispatcher_at_once(app: TestApp) {
         "woken well before the 30 s poll"
     );
     assert!(created.elapsed() < Duration::from_secs(5));
-    let _ = stop.send(());
-    running.await.expect("join").expect("stops");
+    running.stop().await;
 }
 
 async fn a_dispatcher_that_lost_its_lease_cannot_overwrite_the_newer_result(app: TestApp) {
