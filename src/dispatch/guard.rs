@@ -1,15 +1,13 @@
 //! The outbound guard: deliveries go to public addresses only, unless allowed.
 //!
-//! Judged on the addresses actually connected to: hostnames are resolved by
-//! [`GuardedResolver`], which drops every refused address before the HTTP client sees it
-//! (so DNS rebinding gains nothing), and IP literals are checked before sending. Redirects
-//! are never followed and no proxy is used, so neither can route around the check.
+//! Judged on the addresses actually connected to: the delivery client
+//! ([`super::client`]) resolves a hostname itself and drops every refused address before
+//! connecting (so DNS rebinding gains nothing), and checks IP literals as they are.
+//! Redirects are never followed and no proxy is used, so neither can route around it.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// Ranges no delivery goes to by default: this network, loopback, RFC 1918, CGNAT,
 /// link-local, documentation, benchmarking, multicast and reserved ranges; for IPv6 the
@@ -79,44 +77,6 @@ impl Guard {
         } else {
             Err(Blocked(ip))
         }
-    }
-}
-
-/// Resolves with the system resolver and keeps only permitted addresses; fails with
-/// [`Blocked`] when none is left.
-#[derive(Debug, Clone)]
-pub struct GuardedResolver(pub Arc<Guard>);
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let guard = self.0.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let permitted: Vec<SocketAddr> = resolved
-                .iter()
-                .copied()
-                .filter(|a| guard.permits(a.ip()))
-                .collect();
-            match (permitted.is_empty(), resolved.first()) {
-                (false, _) => Ok(Box::new(permitted.into_iter()) as Addrs),
-                (true, Some(refused)) => {
-                    Err(Box::new(Blocked(refused.ip())) as Box<dyn std::error::Error + Send + Sync>)
-                }
-                (true, None) => Err(format!("{host} has no addresses").into()),
-            }
-        })
-    }
-}
-
-/// The IP of a URL whose host is an IP literal (`http://10.0.0.1/`, `http://[::1]/`):
-/// the resolver never sees those, so they are checked on their own.
-pub fn literal_ip(url: &url::Url) -> Option<IpAddr> {
-    match url.host()? {
-        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
-        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
-        url::Host::Domain(_) => None,
     }
 }
 

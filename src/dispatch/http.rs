@@ -2,13 +2,11 @@
 //! transaction, read the answer up to a cap, and name what went wrong if there was no
 //! answer.
 
-use std::error::Error as _;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderValue};
 
-use super::guard::{Blocked, Guard, literal_ip};
+use super::client::{Client, Request};
 use crate::signing;
 use crate::store::deliveries::{AttemptRecord, Target};
 use crate::store::now_micros;
@@ -24,8 +22,7 @@ pub const USER_AGENT: &str = concat!("hookline/", env!("CARGO_PKG_VERSION"));
 
 /// Sends one attempt of delivery `webhook_id` and returns its record and the answer.
 pub async fn attempt(
-    client: &reqwest::Client,
-    guard: &Guard,
+    client: &Client,
     target: &Target,
     webhook_id: &str,
     body: Bytes,
@@ -65,18 +62,21 @@ pub async fn attempt(
         error_detail: None,
         succeeded: false,
     };
-    let result = send(
-        client,
-        guard,
-        target,
-        &request_headers,
-        sent_body,
-        max_response_bytes,
-    )
-    .await;
+    let request = Request {
+        method: &target.method,
+        url: &target.url,
+        head_fields: &request_headers,
+        body: &sent_body,
+    };
+    let result = client.send(&request, max_response_bytes).await;
     record.duration_us = clock.elapsed().as_micros().min(i64::MAX as u128) as i64;
     match result {
         Ok(response) => {
+            let retry_after = response
+                .headers
+                .iter()
+                .find(|(name, _)| name == "retry-after")
+                .and_then(|(_, value)| parse_retry_after(value));
             record.response_status = Some(i64::from(response.status));
             record.response_headers = Some(response.headers);
             record.response_body = Some(String::from_utf8_lossy(&response.body).into_owned());
@@ -89,13 +89,13 @@ pub async fn attempt(
             record.succeeded = (200..300).contains(&response.status);
             let answer = Answer {
                 status: response.status,
-                retry_after: response.retry_after,
+                retry_after,
             };
             (record, Some(answer))
         }
-        Err((code, detail)) => {
-            record.error_code = Some(code);
-            record.error_detail = Some(detail);
+        Err(failed) => {
+            record.error_code = Some(failed.code);
+            record.error_detail = Some(failed.detail);
             (record, None)
         }
     }
@@ -117,88 +117,6 @@ pub fn not_sent(code: &'static str, detail: String) -> AttemptRecord {
     }
 }
 
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    truncated: bool,
-    retry_after: Option<Duration>,
-}
-
-async fn send(
-    client: &reqwest::Client,
-    guard: &Guard,
-    target: &Target,
-    headers: &[(String, String)],
-    body: Bytes,
-    max_response_bytes: usize,
-) -> Result<Response, (&'static str, String)> {
-    let url = reqwest::Url::parse(&target.url).map_err(|e| ("connect", format!("bad URL: {e}")))?;
-    if let Some(ip) = literal_ip(&url) {
-        guard.check(ip).map_err(|b| ("blocked", b.to_string()))?;
-    }
-    let method = match target.method.as_str() {
-        "put" => reqwest::Method::PUT,
-        "get" => reqwest::Method::GET,
-        _ => reqwest::Method::POST,
-    };
-    let mut header_map = HeaderMap::new();
-    for (name, value) in headers {
-        if let (Ok(name), Ok(value)) = (
-            reqwest::header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            header_map.insert(name, value);
-        }
-    }
-    let mut request = client.request(method, url).headers(header_map);
-    if !body.is_empty() {
-        request = request.body(body);
-    }
-    let mut response = request.send().await.map_err(classify)?;
-    let status = response.status().as_u16();
-    let response_headers: Vec<(String, String)> = response
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    let mut collected = Vec::new();
-    let mut truncated = false;
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = max_response_bytes.saturating_sub(collected.len());
-                if chunk.len() > room {
-                    collected.extend_from_slice(&chunk[..room]);
-                    truncated = true;
-                    break;
-                }
-                collected.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            // The status arrived; a body cut short does not change what it said.
-            Err(_) => break,
-        }
-    }
-    Ok(Response {
-        status,
-        headers: response_headers,
-        body: collected,
-        truncated,
-        retry_after,
-    })
-}
-
 /// `Retry-After`: seconds, or an HTTP date.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
@@ -208,67 +126,4 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let secs = (when.timestamp() - chrono::Utc::now().timestamp()).max(0);
     Some(Duration::from_secs(secs as u64))
-}
-
-/// Names why a request got no answer: blocked, tls, dns, timeout or connect (in that order
-/// of precedence, whatever the order of the causes in the chain).
-fn classify(error: reqwest::Error) -> (&'static str, String) {
-    let mut detail = error.to_string();
-    let (mut blocked, mut tls, mut dns) = (false, false, false);
-    let mut source = error.source();
-    while let Some(e) = source {
-        detail.push_str(": ");
-        detail.push_str(&e.to_string());
-        blocked |= e.downcast_ref::<Blocked>().is_some();
-        tls |= is_tls(e);
-        dns |= e.to_string().starts_with("dns error");
-        source = e.source();
-    }
-    let code = if blocked {
-        "blocked"
-    } else if tls {
-        "tls"
-    } else if dns {
-        "dns"
-    } else if error.is_timeout() {
-        "timeout"
-    } else {
-        "connect"
-    };
-    (code, detail)
-}
-
-/// Whether a cause is a TLS failure. `io::Error` hides what it wraps from `source()`, so
-/// nested I/O errors are opened by hand.
-fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
-    if e.downcast_ref::<rustls::Error>().is_some() {
-        return true;
-    }
-    match e
-        .downcast_ref::<std::io::Error>()
-        .and_then(|io| io.get_ref())
-    {
-        Some(inner) => is_tls(inner),
-        None => false,
-    }
-}
-
-/// The HTTP client deliveries use: no redirects, no proxies, the guarded resolver, the
-/// configured timeouts, and rustls with the ring provider.
-pub fn client(
-    guard: std::sync::Arc<Guard>,
-    connect_timeout: Duration,
-    timeout: Duration,
-) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .dns_resolver(std::sync::Arc::new(super::guard::GuardedResolver(guard)))
-        .connect_timeout(connect_timeout)
-        .timeout(timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .user_agent(USER_AGENT)
-        .build()
-        .expect("the HTTP client builds with a default TLS provider installed")
 }

@@ -3,6 +3,7 @@
 //!
 //! - `schedule`: the retry schedule, a pure function of the attempt number.
 //! - `guard`: which addresses deliveries may go to.
+//! - `client`: the HTTP/1.1 client attempts go out with.
 //! - `http`: one signed attempt over HTTP.
 //! - `recorder`: writes finished attempts, many per transaction.
 //!
@@ -16,6 +17,7 @@
 //! deliveries table, or [`Dispatcher::wake`] in-process) and a bounded poll is the
 //! fallback. A dispatcher that dies leaves leases that expire, and its work is taken again.
 
+pub mod client;
 pub mod guard;
 pub mod http;
 mod recorder;
@@ -100,8 +102,7 @@ pub enum DispatchError {
 pub struct Dispatcher {
     db: Db,
     config: Arc<DispatchConfig>,
-    client: reqwest::Client,
-    guard: Arc<Guard>,
+    client: Arc<client::Client>,
     /// New work may be due (the outbox, a re-delivery, a NOTIFY).
     wake: Arc<Notify>,
     /// A busy callback ran out of claimed work and wants more.
@@ -152,18 +153,19 @@ struct Claims {
 impl Dispatcher {
     pub fn new(db: Db, config: DispatchConfig) -> Dispatcher {
         let guard = Arc::new(Guard::new(config.allow.clone()));
-        let client = http::client(
-            guard.clone(),
+        let client = client::Client::new(
+            guard,
             config.connect_timeout,
             config.request_timeout,
-        );
+            config.concurrency,
+        )
+        .expect("TLS is configured with the built-in provider and the platform's roots");
         Dispatcher {
             wake: db.wake_handle(),
             refill: Arc::default(),
             db: db.for_dispatcher(),
             config: Arc::new(config),
-            client,
-            guard,
+            client: Arc::new(client),
             lanes: Arc::default(),
         }
     }
@@ -498,7 +500,7 @@ impl Dispatcher {
         let (record, answer) = match request {
             Ok((target, body)) => {
                 let max = self.config.max_response_bytes;
-                http::attempt(&self.client, &self.guard, &target, &claimed.id, body, max)
+                http::attempt(&self.client, &target, &claimed.id, body, max)
                     .instrument(span)
                     .await
             }
