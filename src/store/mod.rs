@@ -378,10 +378,22 @@ impl Drop for CloseUnlessDurable {
 }
 
 /// A PostgreSQL pool; each new connection runs `session` (settings), if any.
+///
+/// A connection idle for over a second is pinged before it is handed out; one used more
+/// recently is not (sqlx pings every one by default: a round trip before each statement).
 fn postgres_pool(connections: u32, session: &'static str) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(connections)
         .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > Duration::from_secs(1) {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 nodelay::on_tcp_sockets();
