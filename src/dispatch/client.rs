@@ -135,18 +135,18 @@ impl Client {
         let url = url::Url::parse(request.url)
             .map_err(|e| Failed::new("connect", format!("bad URL: {e}")))?;
         let origin = Origin::of(&url)?;
-        let wire = request_bytes(request, &url);
+        let mut wire = request_bytes(request, &url);
         let pooled = self.lock_pool().take(&origin);
         if let Some(stream) = pooled {
-            match self.exchange(stream, true, &wire, deadline, max_body).await {
-                Err(Exchange::Stale) => {}
+            match self.exchange(stream, true, wire, deadline, max_body).await {
+                Err(Exchange::Stale(unanswered)) => wire = unanswered,
                 done => return self.finish(origin, done),
             }
         }
-        let stream = self.connect(&origin, deadline).await?;
-        let done = self
-            .exchange(stream, false, &wire, deadline, max_body)
-            .await;
+        // Boxed: the handshake's state is large and not needed once connected, while the
+        // rest of the exchange may wait for seconds.
+        let stream = Box::pin(self.connect(&origin, deadline)).await?;
+        let done = self.exchange(stream, false, wire, deadline, max_body).await;
         self.finish(origin, done)
     }
 
@@ -159,7 +159,7 @@ impl Client {
                 Ok(done.response)
             }
             Err(Exchange::Failed(failed)) => Err(failed),
-            Err(Exchange::Stale) => Err(Failed::new(
+            Err(Exchange::Stale(_)) => Err(Failed::new(
                 "connect",
                 "the connection closed before any answer",
             )),
@@ -234,25 +234,31 @@ impl Client {
         }
     }
 
-    /// Writes the request and reads the answer on `stream` (`pooled`: it carried an
-    /// earlier request).
+    /// Writes the request `wire` and reads the answer on `stream` (`pooled`: it carried
+    /// an earlier request, and `wire` is kept to be sent again should it turn out closed).
     async fn exchange(
         &self,
         mut stream: Stream,
         pooled: bool,
-        wire: &[u8],
+        wire: Vec<u8>,
         deadline: Instant,
         max_body: usize,
     ) -> Result<Done, Exchange> {
         let mut reader = Reader::new(&mut stream);
+        let mut wire = Some(wire);
         let sending = async {
-            reader.stream.write_all(wire).await?;
+            let bytes = wire.as_deref().unwrap_or_default();
+            reader.stream.write_all(bytes).await?;
+            // While the answer is awaited, the request is held only if it may be resent.
+            if !pooled {
+                wire = None;
+            }
             reader.head().await
         };
         let head = match timeout_at(deadline, sending).await {
             Ok(Ok(head)) => head,
             Ok(Err(e)) if pooled && reader.buf.is_empty() && is_closed(&e) => {
-                return Err(Exchange::Stale);
+                return Err(Exchange::Stale(wire.unwrap_or_default()));
             }
             Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 let detail = "the connection closed before a whole answer";
@@ -317,8 +323,9 @@ fn is_closed(e: &io::Error) -> bool {
 
 /// How an exchange ended without a response.
 enum Exchange {
-    /// A pooled connection turned out closed before any answer: send again on a new one.
-    Stale,
+    /// A pooled connection turned out closed before any answer: send this again on a new
+    /// one.
+    Stale(Vec<u8>),
     Failed(Failed),
 }
 
@@ -522,10 +529,7 @@ impl<'a> Reader<'a> {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        if self.buf.capacity() - self.buf.len() < FIRST_READ / 2 {
-            self.buf.reserve(FIRST_READ.max(self.buf.len()));
-        }
-        match self.stream.read_buf(&mut self.buf).await? {
+        match self.stream.read_more(&mut self.buf).await? {
             0 => Err(io::ErrorKind::UnexpectedEof.into()),
             _ => Ok(()),
         }
@@ -652,10 +656,23 @@ impl Stream {
         }
     }
 
-    async fn read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+    /// Reads what has arrived onto the end of `buf`. On a plain connection `buf` grows only
+    /// once there is something to read, so an attempt waiting for its answer holds no
+    /// buffer.
+    async fn read_more(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
         match self {
-            Stream::Plain(tcp) => tcp.read_buf(buf).await,
-            Stream::Tls(tls) => tls.read_buf(buf).await,
+            Stream::Plain(tcp) => loop {
+                tcp.readable().await?;
+                make_room(buf);
+                match tcp.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    read => return read,
+                }
+            },
+            Stream::Tls(tls) => {
+                make_room(buf);
+                tls.read_buf(buf).await
+            }
         }
     }
 
@@ -667,6 +684,13 @@ impl Stream {
             Stream::Tls(tls) => tls.get_ref().0,
         };
         matches!(tcp.try_read(&mut [0; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Makes room in `buf` for a read: at least half of [`FIRST_READ`], doubling as it grows.
+fn make_room(buf: &mut Vec<u8>) {
+    if buf.capacity() - buf.len() < FIRST_READ / 2 {
+        buf.reserve(FIRST_READ.max(buf.len()));
     }
 }
 

@@ -50,18 +50,6 @@ pub async fn attempt(
     if target.method == "get" {
         request_headers.remove(0);
     }
-    let mut record = AttemptRecord {
-        started_at,
-        duration_us: 0,
-        request_headers: request_headers.clone(),
-        request_body: String::from_utf8_lossy(&sent_body).into_owned(),
-        response_status: None,
-        response_headers: None,
-        response_body: None,
-        error_code: None,
-        error_detail: None,
-        succeeded: false,
-    };
     let request = Request {
         method: &target.method,
         url: &target.url,
@@ -69,7 +57,20 @@ pub async fn attempt(
         body: &sent_body,
     };
     let result = client.send(&request, max_response_bytes).await;
-    record.duration_us = clock.elapsed().as_micros().min(i64::MAX as u128) as i64;
+    // Built once the answer is in: while thousands of attempts wait, none holds a copy
+    // of what it sent.
+    let mut record = AttemptRecord {
+        started_at,
+        duration_us: clock.elapsed().as_micros().min(i64::MAX as u128) as i64,
+        request_body: String::from_utf8_lossy(&sent_body).into_owned(),
+        request_headers,
+        response_status: None,
+        response_headers: None,
+        response_body: None,
+        error_code: None,
+        error_detail: None,
+        succeeded: false,
+    };
     match result {
         Ok(response) => {
             let retry_after = response
