@@ -801,6 +801,11 @@ mod tests {
         fn requests(&self) -> Vec<(usize, String)> {
             self.requests.lock().expect("lock").clone()
         }
+
+        /// The connection each request came on, in order.
+        fn connections(&self) -> Vec<usize> {
+            self.requests().iter().map(|(c, _)| *c).collect()
+        }
     }
 
     /// Answers the requests of connection `c` as `script` says.
@@ -954,7 +959,7 @@ mod tests {
             );
         }
         assert!(
-            server.requests().iter().all(|(c, _)| *c == 0),
+            server.connections().iter().all(|c| *c == 0),
             "the connection is reused after a whole chunked body"
         );
     }
@@ -974,7 +979,7 @@ mod tests {
         let second = send(&client, &server.url, 100).await.expect("an answer");
         assert_eq!(second.body, b"ok");
         send(&client, &server.url, 100).await.expect("an answer");
-        let connections: Vec<usize> = server.requests().iter().map(|(c, _)| *c).collect();
+        let connections = server.connections();
         assert_eq!(connections, [0, 1, 2]);
     }
 
@@ -992,7 +997,7 @@ mod tests {
         send(&client, &server.url, 100).await.expect("first");
         let second = send(&client, &server.url, 100).await.expect("sent again");
         assert_eq!(second.status, 200);
-        let connections: Vec<usize> = server.requests().iter().map(|(c, _)| *c).collect();
+        let connections = server.connections();
         assert_eq!(
             connections,
             [0, 0, 1],
@@ -1023,7 +1028,7 @@ mod tests {
             (&b"01234567"[..], true)
         );
         send(&client, &server.url, 8).await.expect("an answer");
-        let connections: Vec<usize> = server.requests().iter().map(|(c, _)| *c).collect();
+        let connections = server.connections();
         assert_eq!(
             connections,
             [0, 1],
@@ -1133,7 +1138,7 @@ mod tests {
                 (200, &b"ok"[..])
             );
         }
-        let connections: Vec<usize> = server.requests().iter().map(|(c, _)| *c).collect();
+        let connections = server.connections();
         assert_eq!(
             connections,
             [0, 0, 1],
