@@ -9,7 +9,7 @@ use sqlx::any::AnyArguments;
 use sqlx::{Any, Arguments, AssertSqlSafe, Encode, Row, Type};
 
 use super::rows::{self, event_columns};
-use super::{Backend, Db, StoreError, Tx, now_micros, params, positional, values};
+use super::{Backend, Db, Script, StoreError, now_micros, params, positional, values};
 use crate::domain::views::{self, CallbackStatuses};
 
 /// A delivery claimed by one dispatcher until `lease_expires_at`.
@@ -339,30 +339,61 @@ impl Db {
     /// dispatcher's group commit). A delivery changes only if its attempt still holds the
     /// lease it was claimed with: one that lost its lease cannot overwrite a newer result.
     /// Every attempt is logged either way. Returns, in order, whether each was kept.
+    ///
+    /// On SQLite the transaction is two round trips to the writer's thread: the deliveries'
+    /// moves and the attempts with its `BEGIN`, then the callbacks' health with its `COMMIT`.
     pub async fn record_attempts(
         &self,
         finished: &[Finished],
         disable_after_us: i64,
     ) -> Result<Vec<bool>, StoreError> {
         let now = now_micros();
-        let mut tx = self.begin().await?;
-        let mut kept: HashSet<String> = HashSet::new();
+        let mut moves = Script::new(self.backend);
+        if self.backend == Backend::Sqlite {
+            moves.push("BEGIN IMMEDIATE".to_owned(), |_| Ok(()))?;
+        }
         for chunk in finished.chunks(UPDATE_CHUNK) {
-            kept.extend(fence_and_advance(&mut tx, self.backend, chunk).await?);
+            fence_and_advance(&mut moves, chunk)?;
         }
         for chunk in finished.chunks(INSERT_CHUNK) {
-            insert_attempts(&mut tx, self.backend, chunk).await?;
+            insert_attempts(&mut moves, chunk)?;
         }
-        let kept: Vec<bool> = finished
-            .iter()
-            .map(|f| kept.contains(&f.claimed.id))
-            .collect();
-        let fenced = finished.iter().zip(&kept).filter(|(_, k)| **k);
-        for (callback, health) in fold_health(fenced.map(|(f, _)| f)) {
-            apply_health(&mut tx, &callback, &health, now, disable_after_us).await?;
+        let kept = |rows: Vec<sqlx::any::AnyRow>| -> Result<Vec<bool>, StoreError> {
+            let moved: HashSet<String> = rows
+                .iter()
+                .map(|r| r.try_get("id"))
+                .collect::<Result<_, _>>()?;
+            Ok(finished
+                .iter()
+                .map(|f| moved.contains(&f.claimed.id))
+                .collect())
+        };
+        let health = |kept: &[bool]| -> Result<Script, StoreError> {
+            let mut health = Script::new(self.backend);
+            let fenced = finished.iter().zip(kept).filter(|(_, k)| **k);
+            for (callback, batch) in fold_health(fenced.map(|(f, _)| f)) {
+                apply_health(&mut health, &callback, &batch, now, disable_after_us)?;
+            }
+            Ok(health)
+        };
+        match self.backend {
+            Backend::Postgres => {
+                let mut tx = self.begin().await?;
+                let kept = kept(moves.run(&mut tx).await?)?;
+                health(&kept)?.run(&mut tx).await?;
+                tx.commit().await?;
+                Ok(kept)
+            }
+            Backend::Sqlite => {
+                let mut writer = self.sqlite_writer().await?;
+                let kept = kept(moves.run(writer.conn()).await?)?;
+                let mut health = health(&kept)?;
+                health.push("COMMIT".to_owned(), |_| Ok(()))?;
+                health.run(writer.conn()).await?;
+                writer.settled();
+                Ok(kept)
+            }
         }
-        tx.commit().await?;
-        Ok(kept)
     }
 
     /// Each event's deliveries counted by state.
@@ -419,12 +450,8 @@ const UPDATE_CHUNK: usize = 64;
 const INSERT_CHUNK: usize = 32;
 
 /// Moves each delivery of `chunk` still under its claim's lease to its next state, in one
-/// statement; returns the ids it moved.
-async fn fence_and_advance(
-    tx: &mut Tx,
-    backend: Backend,
-    chunk: &[Finished],
-) -> Result<Vec<String>, StoreError> {
+/// statement that returns the ids it moved.
+fn fence_and_advance(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::Error> {
     // A VALUES list names its columns column1, column2, ... on both backends.
     let sql = format!(
         "UPDATE deliveries SET status = v.column3, attempts = attempts + 1, next_attempt_at = v.column4, \
@@ -433,56 +460,47 @@ async fn fence_and_advance(
          AND deliveries.status IN ('pending', 'retrying') RETURNING id",
         values(chunk.len(), 5)
     );
-    let mut query = sqlx::query(AssertSqlSafe(positional(sql, backend)));
-    for f in chunk {
-        let (status, next_at) = match f.next {
-            Next::Succeeded => ("succeeded", None),
-            Next::RetryAt(at) => ("retrying", Some(at)),
-            Next::GiveUp => ("failed", None),
-        };
-        query = query
-            .bind(&f.claimed.id)
-            .bind(&f.claimed.lease_token)
-            .bind(status)
-            .bind(next_at)
-            .bind(f.record.started_at);
-    }
-    let rows = query.fetch_all(&mut **tx).await?;
-    Ok(rows
-        .iter()
-        .map(|r| r.try_get("id"))
-        .collect::<Result<_, _>>()?)
+    script.push(sql, |args| {
+        for f in chunk {
+            let (status, next_at) = match f.next {
+                Next::Succeeded => ("succeeded", None),
+                Next::RetryAt(at) => ("retrying", Some(at)),
+                Next::GiveUp => ("failed", None),
+            };
+            bind(args, &f.claimed.id)?;
+            bind(args, &f.claimed.lease_token)?;
+            bind(args, status)?;
+            bind(args, next_at)?;
+            bind(args, f.record.started_at)?;
+        }
+        Ok(())
+    })
 }
 
-async fn insert_attempts(
-    tx: &mut Tx,
-    backend: Backend,
-    chunk: &[Finished],
-) -> Result<(), StoreError> {
+fn insert_attempts(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO attempts (delivery_id, attempt, started_at, duration_us, request_headers, request_body, \
          response_status, response_headers, response_body, error_code, error_detail, succeeded) VALUES {}",
         values(chunk.len(), 12)
     );
-    let mut query = sqlx::query(AssertSqlSafe(positional(sql, backend)));
-    for f in chunk {
-        let a = &f.record;
-        query = query
-            .bind(&f.claimed.id)
-            .bind(f.claimed.attempts + 1)
-            .bind(a.started_at)
-            .bind(a.duration_us)
-            .bind(headers_json(&a.request_headers))
-            .bind(&a.request_body)
-            .bind(a.response_status)
-            .bind(a.response_headers.as_deref().map(headers_json))
-            .bind(&a.response_body)
-            .bind(a.error_code)
-            .bind(&a.error_detail)
-            .bind(a.succeeded);
-    }
-    query.execute(&mut **tx).await?;
-    Ok(())
+    script.push(sql, |args| {
+        for f in chunk {
+            let a = &f.record;
+            bind(args, &f.claimed.id)?;
+            bind(args, f.claimed.attempts + 1)?;
+            bind(args, a.started_at)?;
+            bind(args, a.duration_us)?;
+            bind(args, headers_json(&a.request_headers))?;
+            bind(args, &a.request_body)?;
+            bind(args, a.response_status)?;
+            bind(args, a.response_headers.as_deref().map(headers_json))?;
+            bind(args, &a.response_body)?;
+            bind(args, a.error_code)?;
+            bind(args, &a.error_detail)?;
+            bind(args, a.succeeded)?;
+        }
+        Ok(())
+    })
 }
 
 /// What a batch of attempts says about one callback, folded in the order they finished.
@@ -530,52 +548,65 @@ fn fold_health<'a>(finished: impl Iterator<Item = &'a Finished>) -> Vec<(String,
     by_callback
 }
 
-async fn apply_health(
-    tx: &mut Tx,
+fn apply_health(
+    script: &mut Script,
     callback: &str,
     health: &BatchHealth,
     now: i64,
     disable_after_us: i64,
-) -> Result<(), StoreError> {
+) -> Result<(), sqlx::Error> {
     if health.succeeded {
-        sqlx::query("UPDATE callbacks SET last_success_at = $1, failing_since = $2 WHERE id = $3")
-            .bind(now)
-            .bind(health.failing_since)
-            .bind(callback)
-            .execute(&mut **tx)
-            .await?;
+        script.push(
+            "UPDATE callbacks SET last_success_at = $1, failing_since = $2 WHERE id = $3"
+                .to_owned(),
+            |args| {
+                bind(args, now)?;
+                bind(args, health.failing_since)?;
+                bind(args, callback)?;
+                Ok(())
+            },
+        )?;
     } else if let Some(since) = health.failing_since {
-        sqlx::query(
-            "UPDATE callbacks SET failing_since = COALESCE(failing_since, $1) WHERE id = $2",
-        )
-        .bind(since)
-        .bind(callback)
-        .execute(&mut **tx)
-        .await?;
+        script.push(
+            "UPDATE callbacks SET failing_since = COALESCE(failing_since, $1) WHERE id = $2"
+                .to_owned(),
+            |args| {
+                bind(args, since)?;
+                bind(args, callback)?;
+                Ok(())
+            },
+        )?;
     }
     if let Some(reason) = &health.disable {
-        sqlx::query(
-            "UPDATE callbacks SET enabled = FALSE, disabled_reason = $1, updated_at = $2 WHERE id = $3",
-        )
-        .bind(reason)
-        .bind(now)
-        .bind(callback)
-        .execute(&mut **tx)
-        .await?;
+        script.push(
+            "UPDATE callbacks SET enabled = FALSE, disabled_reason = $1, updated_at = $2 WHERE id = $3"
+                .to_owned(),
+            |args| {
+                bind(args, reason)?;
+                bind(args, now)?;
+                bind(args, callback)?;
+                Ok(())
+            },
+        )?;
     } else if health.failing_since.is_some() {
-        sqlx::query(
+        script.push(
             "UPDATE callbacks SET enabled = FALSE, disabled_reason = $1, updated_at = $2 \
-             WHERE id = $3 AND enabled AND failing_since <= $4",
-        )
-        .bind(format!(
-            "no successful delivery for {} s (the disable window)",
-            disable_after_us / 1_000_000
-        ))
-        .bind(now)
-        .bind(callback)
-        .bind(now - disable_after_us)
-        .execute(&mut **tx)
-        .await?;
+             WHERE id = $3 AND enabled AND failing_since <= $4"
+                .to_owned(),
+            |args| {
+                bind(
+                    args,
+                    format!(
+                        "no successful delivery for {} s (the disable window)",
+                        disable_after_us / 1_000_000
+                    ),
+                )?;
+                bind(args, now)?;
+                bind(args, callback)?;
+                bind(args, now - disable_after_us)?;
+                Ok(())
+            },
+        )?;
     }
     Ok(())
 }

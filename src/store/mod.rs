@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow, install_default_drivers};
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool, AssertSqlSafe};
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe};
 use tokio::sync::Notify;
 
 use crate::domain::ledger::{Kind, Status};
@@ -261,6 +261,12 @@ impl Db {
         &self.write
     }
 
+    /// SQLite's writer connection, for a transaction run as [`Script`]s: closed (which rolls
+    /// the transaction back) unless settled after its commit.
+    pub(crate) async fn sqlite_writer(&self) -> Result<CloseUnlessSettled, StoreError> {
+        Ok(CloseUnlessSettled(Some(self.write.acquire().await?)))
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -309,19 +315,18 @@ impl Db {
                 // statement (a transaction of its own). Should the statement fail, or the
                 // future be dropped, before the setting is back, the connection is closed
                 // rather than handed on with commits that do not wait for the disk.
-                let mut conn = CloseUnlessDurable(Some(self.unflushed.acquire().await?));
-                let conn_ref = conn.0.as_mut().expect("held until taken back");
+                let mut conn = CloseUnlessSettled(Some(self.unflushed.acquire().await?));
                 let bracketed =
                     format!("PRAGMA synchronous = NORMAL; {sql}; PRAGMA synchronous = FULL");
                 let rows = sqlx::query_with(AssertSqlSafe(bracketed), args)
-                    .fetch_all(&mut **conn_ref)
+                    .fetch_all(conn.conn())
                     .await;
                 if rows.is_err() {
                     sqlx::raw_sql("PRAGMA synchronous = FULL")
-                        .execute(&mut **conn_ref)
+                        .execute(conn.conn())
                         .await?;
                 }
-                conn.0.take();
+                conn.settled();
                 Ok(rows?)
             }
         }
@@ -366,14 +371,86 @@ fn sqlite_url(url: &str) -> String {
 }
 
 /// A SQLite writer connection that is closed when dropped, unless taken out first: one
-/// whose commits may not wait for the disk must not serve anyone else.
-struct CloseUnlessDurable(Option<PoolConnection<Any>>);
+/// whose commits may not wait for the disk, or that is inside a transaction of its own
+/// (see [`Script`]), must not serve anyone else.
+pub(crate) struct CloseUnlessSettled(Option<PoolConnection<Any>>);
 
-impl Drop for CloseUnlessDurable {
+impl CloseUnlessSettled {
+    pub(crate) fn conn(&mut self) -> &mut AnyConnection {
+        self.0.as_mut().expect("held until settled")
+    }
+
+    /// The connection is in a clean state again: back to the pool with it.
+    pub(crate) fn settled(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for CloseUnlessSettled {
     fn drop(&mut self) {
         if let Some(conn) = &mut self.0 {
             conn.close_on_drop();
         }
+    }
+}
+
+/// Statements run one after another. On PostgreSQL each is sent alone, with its own
+/// parameters. On SQLite all are joined into one text, sent in one round trip to the
+/// connection's thread (its parameters bind in order across the statements), so the
+/// connection is not left waiting between statements for the task that sends them.
+pub(crate) struct Script {
+    backend: Backend,
+    /// PostgreSQL: one entry per statement. SQLite: at most one, every statement joined.
+    parts: Vec<(String, AnyArguments)>,
+}
+
+impl Script {
+    pub(crate) fn new(backend: Backend) -> Script {
+        Script {
+            backend,
+            parts: Vec::new(),
+        }
+    }
+
+    /// Appends a statement whose parameters are `$1, $2, ...`, each once and in that order
+    /// (on SQLite they become positional, see [`positional`]); `bind` adds their values.
+    pub(crate) fn push(
+        &mut self,
+        sql: String,
+        bind: impl FnOnce(&mut AnyArguments) -> Result<(), sqlx::Error>,
+    ) -> Result<(), sqlx::Error> {
+        match self.backend {
+            Backend::Postgres => {
+                let mut args = AnyArguments::default();
+                bind(&mut args)?;
+                self.parts.push((sql, args));
+            }
+            Backend::Sqlite => {
+                if self.parts.is_empty() {
+                    self.parts.push((String::new(), AnyArguments::default()));
+                }
+                let (text, args) = &mut self.parts[0];
+                if !text.is_empty() {
+                    text.push_str(";\n");
+                }
+                text.push_str(&positional(sql, Backend::Sqlite));
+                bind(args)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every statement on `conn`; returns the rows they returned, in order.
+    pub(crate) async fn run(self, conn: &mut AnyConnection) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let mut rows = Vec::new();
+        for (sql, args) in self.parts {
+            rows.extend(
+                sqlx::query_with(AssertSqlSafe(sql), args)
+                    .fetch_all(&mut *conn)
+                    .await?,
+            );
+        }
+        Ok(rows)
     }
 }
 

@@ -318,9 +318,92 @@ async fn the_dispatcher_claims_on_connections_of_its_own(app: TestApp) {
     assert_eq!(receiver.drain().len(), 1);
 }
 
+/// The database refuses one attempt of a batch (a trigger, as a full disk or a constraint
+/// would): nothing of the batch is written, and the writer serves the next batch.
+async fn a_refused_batch_of_attempts_leaves_nothing_and_the_writer_goes_on(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let (callback, _) = register_order_created(&app, &receiver.url).await;
+    for _ in 0..2 {
+        app.order().await;
+    }
+    let mut claimed = app.db.claim_due(10, 60_000_000).await.expect("claim");
+    assert_eq!(claimed.len(), 2);
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    let refuse = match app.backend() {
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse_attempts BEFORE INSERT ON attempts WHEN NEW.error_detail = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION refuse_attempt() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$ \
+             LANGUAGE plpgsql; \
+             CREATE TRIGGER refuse_attempts BEFORE INSERT ON attempts FOR EACH ROW \
+             WHEN (NEW.error_detail = 'poison') EXECUTE FUNCTION refuse_attempt();"
+        }
+    };
+    sqlx::raw_sql(refuse)
+        .execute(app.db.writer())
+        .await
+        .expect("install the trigger");
+    let good = Finished {
+        claimed: claimed[0].clone(),
+        record: attempt_record(200, true),
+        next: Next::Succeeded,
+        health: Health::Ok,
+    };
+    let poison = Finished {
+        claimed: claimed[1].clone(),
+        record: AttemptRecord {
+            error_detail: Some("poison".into()),
+            ..attempt_record(200, true)
+        },
+        next: Next::Succeeded,
+        health: Health::Ok,
+    };
+    let refused = app
+        .db
+        .record_attempts(&[good.clone(), poison], i64::MAX / 2)
+        .await;
+    assert!(refused.is_err(), "the trigger refuses the batch");
+    let attempts = "SELECT COUNT(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.callback_id = $1";
+    assert_eq!(
+        count(&app, attempts, &callback).await,
+        0,
+        "no attempt of the batch is in the log"
+    );
+    let leased = "SELECT COUNT(*) FROM deliveries WHERE callback_id = $1 AND status = 'pending' AND lease_token IS NOT NULL";
+    assert_eq!(
+        count(&app, leased, &callback).await,
+        2,
+        "both deliveries are as claimed"
+    );
+    let row = sqlx::query("SELECT last_success_at FROM callbacks WHERE id = $1")
+        .bind(&callback)
+        .fetch_one(app.db.reader())
+        .await
+        .expect("callback");
+    assert_eq!(
+        row.get::<Option<i64>, _>("last_success_at"),
+        None,
+        "nor the callback's health"
+    );
+
+    let kept = app
+        .db
+        .record_attempts(&[good], i64::MAX / 2)
+        .await
+        .expect("the next batch is written");
+    assert_eq!(kept, [true]);
+    assert_eq!(count(&app, attempts, &callback).await, 1);
+    let succeeded =
+        "SELECT COUNT(*) FROM deliveries WHERE callback_id = $1 AND status = 'succeeded'";
+    assert_eq!(count(&app, succeeded, &callback).await, 1);
+}
+
 on_both_backends!(
     enqueue_many_fans_each_event_out_to_the_callbacks_that_want_it,
     one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health,
+    a_refused_batch_of_attempts_leaves_nothing_and_the_writer_goes_on,
     a_busy_callback_is_refilled_by_claims_of_its_own,
     a_rounds_claims_commit_together_and_later_commits_stay_durable,
     the_dispatcher_claims_on_connections_of_its_own,
