@@ -8,7 +8,7 @@
 //! - `recorder`: writes finished attempts, many per transaction.
 //!
 //! Each callback has a lane in this process: at most `per_callback` attempts in flight and
-//! as many claimed ones waiting. A claim in due order finds work for every callback; a
+//! claimed ones waiting (more for a callback with a backlog). A claim in due order finds work for every callback; a
 //! callback that stays busy is then refilled by claims of its own due work (an index
 //! range), so a large backlog is never rescanned to skip the callbacks that hold enough.
 //!
@@ -55,7 +55,8 @@ pub struct DispatchConfig {
     /// for their callback's turn.
     pub concurrency: usize,
     /// Attempts in flight at once to one callback, so one slow receiver cannot hold up
-    /// the others. As many again may be claimed and wait, so the next ones are at hand.
+    /// the others. As many again may be claimed and wait, so the next ones are at hand
+    /// (three times as many for a callback with a backlog).
     pub per_callback: usize,
     pub connect_timeout: Duration,
     /// The whole attempt, answer included.
@@ -120,8 +121,10 @@ struct Lanes {
 }
 
 /// One callback's deliveries in this process: at most `per_callback` attempts in flight,
-/// and as many again claimed and waiting for their turn, so a busy callback's next
-/// attempts are at hand when the current ones finish.
+/// and claimed ones waiting for their turn, so its next attempts are at hand when the
+/// current ones finish. A callback found with due work gets up to `per_callback` waiting; a
+/// busy one up to `(BUSY_DEPTH - 1) * per_callback`, refilled once the lane holds half its
+/// depth, so a backlog is claimed at least `BUSY_DEPTH / 2 * per_callback` at a time.
 #[derive(Default)]
 struct Lane {
     in_flight: usize,
@@ -131,9 +134,17 @@ struct Lane {
     busy: bool,
 }
 
+/// A busy lane holds at most this many times `per_callback` deliveries (see [`Lane`]).
+const BUSY_DEPTH: usize = 4;
+
 impl Lane {
     fn held(&self) -> usize {
         self.in_flight + self.waiting.len()
+    }
+
+    /// A busy lane that has room for a claim of its own.
+    fn wants_refill(&self, per_callback: usize) -> bool {
+        self.busy && self.held() <= BUSY_DEPTH / 2 * per_callback
     }
 }
 
@@ -298,8 +309,8 @@ impl Dispatcher {
             let wanted: Vec<(String, usize)> = lanes
                 .by_callback
                 .iter()
-                .filter(|(_, lane)| lane.busy && lane.held() <= cap)
-                .map(|(id, lane)| (id.clone(), 2 * cap - lane.held()))
+                .filter(|(_, lane)| lane.wants_refill(cap))
+                .map(|(id, lane)| (id.clone(), BUSY_DEPTH * cap - lane.held()))
                 .collect();
             let skip: Vec<String> = lanes
                 .by_callback
@@ -410,7 +421,7 @@ impl Dispatcher {
             if next.is_none() {
                 lane.in_flight = lane.in_flight.saturating_sub(1);
             }
-            if lane.busy && lane.held() <= self.config.per_callback {
+            if lane.wants_refill(self.config.per_callback) {
                 self.refill.notify_one();
             }
             match next {

@@ -692,8 +692,9 @@ async fn a_slow_receiver_never_holds_up_another(app: TestApp) {
     .expect("count")
     .get(0);
     assert!(
-        stuck_in_flight <= 4,
-        "the stuck callback holds per_callback in flight and as many waiting: {stuck_in_flight}"
+        stuck_in_flight <= 8,
+        "the stuck callback holds per_callback in flight and at most three times as many \
+         waiting: {stuck_in_flight}"
     );
     assert_eq!(
         stuck.drain().len(),
