@@ -352,6 +352,10 @@ impl Db {
         if self.backend == Backend::Sqlite {
             moves.push("BEGIN IMMEDIATE".to_owned(), |_| Ok(()))?;
         }
+        // A batch of one chunk has one of a few texts; a larger one, one of many.
+        if finished.len() > INSERT_CHUNK {
+            moves.uncached();
+        }
         for chunk in finished.chunks(UPDATE_CHUNK) {
             fence_and_advance(&mut moves, chunk)?;
         }

@@ -402,6 +402,8 @@ pub(crate) struct Script {
     backend: Backend,
     /// PostgreSQL: one entry per statement. SQLite: at most one, every statement joined.
     parts: Vec<(String, AnyArguments)>,
+    /// SQLite keeps the joined text prepared for its next run.
+    cached: bool,
 }
 
 impl Script {
@@ -409,7 +411,15 @@ impl Script {
         Script {
             backend,
             parts: Vec::new(),
+            cached: true,
         }
+    }
+
+    /// On SQLite, prepares the joined text for this run alone instead of keeping it. For a
+    /// text seldom sent again: SQLite keeps a compiled program per text (up to 100 per
+    /// connection), and those of large batches' texts took 20 MiB.
+    pub(crate) fn uncached(&mut self) {
+        self.cached = false;
     }
 
     /// Appends a statement whose parameters are `$1, $2, ...`, each once and in that order
@@ -442,10 +452,12 @@ impl Script {
 
     /// Runs every statement on `conn`; returns the rows they returned, in order.
     pub(crate) async fn run(self, conn: &mut AnyConnection) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let cached = self.cached || self.backend == Backend::Postgres;
         let mut rows = Vec::new();
         for (sql, args) in self.parts {
             rows.extend(
                 sqlx::query_with(AssertSqlSafe(sql), args)
+                    .persistent(cached)
                     .fetch_all(&mut *conn)
                     .await?,
             );

@@ -400,10 +400,49 @@ async fn a_refused_batch_of_attempts_leaves_nothing_and_the_writer_goes_on(app: 
     assert_eq!(count(&app, succeeded, &callback).await, 1);
 }
 
+/// A batch of more attempts than one statement takes (several statements of each kind,
+/// sent as one text SQLite does not keep prepared) is written whole.
+async fn a_batch_of_many_chunks_is_written_whole(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let (callback, _) = register_order_created(&app, &receiver.url).await;
+    for _ in 0..70 {
+        app.order().await;
+    }
+    let claimed = app.db.claim_due(100, 60_000_000).await.expect("claim");
+    assert_eq!(claimed.len(), 70);
+    let batch: Vec<Finished> = claimed
+        .into_iter()
+        .map(|claimed| Finished {
+            claimed,
+            record: attempt_record(200, true),
+            next: Next::Succeeded,
+            health: Health::Ok,
+        })
+        .collect();
+    let kept = app
+        .db
+        .record_attempts(&batch, i64::MAX / 2)
+        .await
+        .expect("record");
+    assert!(kept.iter().all(|k| *k), "every one held its lease");
+    // Again: every lease is gone now, so none moves, and all are logged all the same.
+    let kept = app
+        .db
+        .record_attempts(&batch, i64::MAX / 2)
+        .await
+        .expect("record again");
+    assert!(kept.iter().all(|k| !*k), "none holds its lease any more");
+    let attempts = "SELECT COUNT(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.callback_id = $1";
+    assert_eq!(count(&app, attempts, &callback).await, 140);
+    let succeeded = "SELECT COUNT(*) FROM deliveries WHERE callback_id = $1 AND status = 'succeeded' AND attempts = 1";
+    assert_eq!(count(&app, succeeded, &callback).await, 70);
+}
+
 on_both_backends!(
     enqueue_many_fans_each_event_out_to_the_callbacks_that_want_it,
     one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health,
     a_refused_batch_of_attempts_leaves_nothing_and_the_writer_goes_on,
+    a_batch_of_many_chunks_is_written_whole,
     a_busy_callback_is_refilled_by_claims_of_its_own,
     a_rounds_claims_commit_together_and_later_commits_stay_durable,
     the_dispatcher_claims_on_connections_of_its_own,
