@@ -8,8 +8,8 @@
 //! - `recorder`: writes finished attempts, many per transaction.
 //!
 //! Each callback has a lane in this process: at most `per_callback` attempts in flight and
-//! claimed ones waiting (more for a callback with a backlog). A claim in due order finds work for every callback; a
-//! callback that stays busy is then refilled by claims of its own due work (an index
+//! claimed ones waiting (more for a callback with a backlog). A claim in due order finds
+//! work for every callback; a callback that stays busy is then refilled by claims of its own due work (an index
 //! range), so a large backlog is never rescanned to skip the callbacks that hold enough.
 //!
 //! Any number of dispatchers may run on one PostgreSQL (claims skip what others hold);
@@ -56,7 +56,7 @@ pub struct DispatchConfig {
     pub concurrency: usize,
     /// Attempts in flight at once to one callback, so one slow receiver cannot hold up
     /// the others. As many again may be claimed and wait, so the next ones are at hand
-    /// (three times as many for a callback with a backlog).
+    /// (on SQLite, three times as many for a callback with a backlog).
     pub per_callback: usize,
     pub connect_timeout: Duration,
     /// The whole attempt, answer included.

@@ -439,11 +439,15 @@ impl Script {
                 if self.parts.is_empty() {
                     self.parts.push((String::new(), AnyArguments::default()));
                 }
+                // A `$N` left in a joined text would bind the whole text's Nth value.
+                let sql = only_positional(&sql).ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("not positional, cannot be joined: {sql}"))
+                })?;
                 let (text, args) = &mut self.parts[0];
                 if !text.is_empty() {
                     text.push_str(";\n");
                 }
-                text.push_str(&positional(sql, Backend::Sqlite));
+                text.push_str(&sql);
                 bind(args)?;
             }
         }
@@ -569,6 +573,12 @@ pub(crate) fn positional(sql: String, backend: Backend) -> String {
     if backend != Backend::Sqlite {
         return sql;
     }
+    only_positional(&sql).unwrap_or(sql)
+}
+
+/// `sql` with `$1, $2, ..., $n` (each once, in that order) as `?`s, or `None` if it has
+/// other parameters (or a `?` or a comment already).
+fn only_positional(sql: &str) -> Option<String> {
     let bytes = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
     let (mut next, mut copied, mut at) = (1, 0, 0);
@@ -580,15 +590,15 @@ pub(crate) fn positional(sql: String, backend: Backend) -> String {
             (Some(_), _) => {}
             (None, b'\'' | b'"') => quote = Some(byte),
             // A `?` or a comment already there: leave the statement alone.
-            (None, b'?') => return sql,
-            (None, b'-' | b'/') if matches!(bytes.get(at + 1), Some(b'-' | b'*')) => return sql,
+            (None, b'?') => return None,
+            (None, b'-' | b'/') if matches!(bytes.get(at + 1), Some(b'-' | b'*')) => return None,
             (None, b'$') => {
                 let digits = bytes[at + 1..]
                     .iter()
                     .take_while(|d| d.is_ascii_digit())
                     .count();
                 if sql[at + 1..at + 1 + digits].parse() != Ok(next) {
-                    return sql;
+                    return None;
                 }
                 out.push_str(&sql[copied..at]);
                 out.push('?');
@@ -602,7 +612,7 @@ pub(crate) fn positional(sql: String, backend: Backend) -> String {
         at += 1;
     }
     out.push_str(&sql[copied..]);
-    out
+    Some(out)
 }
 
 /// The current time as microseconds since the epoch.
@@ -620,7 +630,7 @@ fn parse_kind(s: &str) -> Result<Kind, sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Backend, positional};
+    use super::{Backend, Script, positional};
 
     fn on_sqlite(sql: &str) -> String {
         positional(sql.to_owned(), Backend::Sqlite)
@@ -653,5 +663,21 @@ mod tests {
         }
         let sql = "UPDATE t SET a = $1 WHERE b = $2";
         assert_eq!(positional(sql.to_owned(), Backend::Postgres), sql);
+    }
+
+    #[test]
+    fn a_sqlite_script_refuses_a_statement_it_cannot_join() {
+        let mut script = Script::new(Backend::Sqlite);
+        script
+            .push("SELECT $1, $2".to_owned(), |_| Ok(()))
+            .expect("in order");
+        assert!(
+            script.push("SELECT $2, $1".to_owned(), |_| Ok(())).is_err(),
+            "its $2 would bind the whole text's second value"
+        );
+        let mut script = Script::new(Backend::Postgres);
+        script
+            .push("SELECT $2, $1".to_owned(), |_| Ok(()))
+            .expect("sent alone on PostgreSQL");
     }
 }
