@@ -436,8 +436,16 @@ fn bind<'q>(
     args: &mut AnyArguments,
     value: impl Encode<'q, Any> + Type<Any>,
 ) -> Result<String, sqlx::Error> {
-    args.add(value).map_err(sqlx::Error::Encode)?;
+    add(args, value)?;
     Ok(format!("${}", args.len()))
+}
+
+/// Adds `value` to `args`, for a statement whose parameters are numbered in order.
+fn add<'q>(
+    args: &mut AnyArguments,
+    value: impl Encode<'q, Any> + Type<Any>,
+) -> Result<(), sqlx::Error> {
+    args.add(value).map_err(sqlx::Error::Encode)
 }
 
 fn headers_json(headers: &[(String, String)]) -> String {
@@ -471,11 +479,11 @@ fn fence_and_advance(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx
                 Next::RetryAt(at) => ("retrying", Some(at)),
                 Next::GiveUp => ("failed", None),
             };
-            bind(args, &f.claimed.id)?;
-            bind(args, &f.claimed.lease_token)?;
-            bind(args, status)?;
-            bind(args, next_at)?;
-            bind(args, f.record.started_at)?;
+            add(args, &f.claimed.id)?;
+            add(args, &f.claimed.lease_token)?;
+            add(args, status)?;
+            add(args, next_at)?;
+            add(args, f.record.started_at)?;
         }
         Ok(())
     })
@@ -490,18 +498,18 @@ fn insert_attempts(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::
     script.push(sql, |args| {
         for f in chunk {
             let a = &f.record;
-            bind(args, &f.claimed.id)?;
-            bind(args, f.claimed.attempts + 1)?;
-            bind(args, a.started_at)?;
-            bind(args, a.duration_us)?;
-            bind(args, headers_json(&a.request_headers))?;
-            bind(args, &a.request_body)?;
-            bind(args, a.response_status)?;
-            bind(args, a.response_headers.as_deref().map(headers_json))?;
-            bind(args, &a.response_body)?;
-            bind(args, a.error_code)?;
-            bind(args, &a.error_detail)?;
-            bind(args, a.succeeded)?;
+            add(args, &f.claimed.id)?;
+            add(args, f.claimed.attempts + 1)?;
+            add(args, a.started_at)?;
+            add(args, a.duration_us)?;
+            add(args, headers_json(&a.request_headers))?;
+            add(args, &a.request_body)?;
+            add(args, a.response_status)?;
+            add(args, a.response_headers.as_deref().map(headers_json))?;
+            add(args, &a.response_body)?;
+            add(args, a.error_code)?;
+            add(args, &a.error_detail)?;
+            add(args, a.succeeded)?;
         }
         Ok(())
     })
@@ -564,9 +572,9 @@ fn apply_health(
             "UPDATE callbacks SET last_success_at = $1, failing_since = $2 WHERE id = $3"
                 .to_owned(),
             |args| {
-                bind(args, now)?;
-                bind(args, health.failing_since)?;
-                bind(args, callback)?;
+                add(args, now)?;
+                add(args, health.failing_since)?;
+                add(args, callback)?;
                 Ok(())
             },
         )?;
@@ -575,8 +583,8 @@ fn apply_health(
             "UPDATE callbacks SET failing_since = COALESCE(failing_since, $1) WHERE id = $2"
                 .to_owned(),
             |args| {
-                bind(args, since)?;
-                bind(args, callback)?;
+                add(args, since)?;
+                add(args, callback)?;
                 Ok(())
             },
         )?;
@@ -586,9 +594,9 @@ fn apply_health(
             "UPDATE callbacks SET enabled = FALSE, disabled_reason = $1, updated_at = $2 WHERE id = $3"
                 .to_owned(),
             |args| {
-                bind(args, reason)?;
-                bind(args, now)?;
-                bind(args, callback)?;
+                add(args, reason)?;
+                add(args, now)?;
+                add(args, callback)?;
                 Ok(())
             },
         )?;
@@ -598,16 +606,16 @@ fn apply_health(
              WHERE id = $3 AND enabled AND failing_since <= $4"
                 .to_owned(),
             |args| {
-                bind(
+                add(
                     args,
                     format!(
                         "no successful delivery for {} s (the disable window)",
                         disable_after_us / 1_000_000
                     ),
                 )?;
-                bind(args, now)?;
-                bind(args, callback)?;
-                bind(args, now - disable_after_us)?;
+                add(args, now)?;
+                add(args, callback)?;
+                add(args, now - disable_after_us)?;
                 Ok(())
             },
         )?;

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use hookline::dispatch::{DispatchConfig, Dispatcher};
-use hookline::store::deliveries::{AttemptRecord, Finished, Health, Next};
+use hookline::store::deliveries::{AttemptRecord, Claimed, Finished, Health, Next};
 use hookline::store::outbox::{self, NewEvent};
 use hookline::store::{Backend, now_micros};
 use serde_json::json;
@@ -21,6 +21,24 @@ async fn count(app: &TestApp, sql: &str, bind: &str) -> i64 {
         .await
         .expect("count")
         .get::<i64, _>(0)
+}
+
+/// A callback for `order.created` and `n` orders' deliveries to it, claimed for a minute,
+/// in id order. The receiver comes back too, so its URL stays taken.
+async fn claimed_orders(app: &TestApp, n: usize) -> (Receiver, String, Vec<Claimed>) {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let (callback, _) = register_order_created(app, &receiver.url).await;
+    for _ in 0..n {
+        app.order().await;
+    }
+    let mut claimed = app
+        .db
+        .claim_due(n as i64 + 10, 60_000_000)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), n);
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    (receiver, callback, claimed)
 }
 
 async fn enqueue_many_fans_each_event_out_to_the_callbacks_that_want_it(app: TestApp) {
@@ -107,14 +125,7 @@ async fn enqueue_many_fans_each_event_out_to_the_callbacks_that_want_it(app: Tes
 }
 
 async fn one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health(app: TestApp) {
-    let receiver = Receiver::start(Answer::Status(200)).await;
-    let (callback, _) = register_order_created(&app, &receiver.url).await;
-    for _ in 0..3 {
-        app.order().await;
-    }
-    let mut claimed = app.db.claim_due(10, 60_000_000).await.expect("claim");
-    assert_eq!(claimed.len(), 3);
-    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    let (_receiver, callback, mut claimed) = claimed_orders(&app, 3).await;
     // The third claim's lease is taken over by someone else before its attempt is written.
     app.db
         .release(&claimed[2..])
@@ -321,14 +332,7 @@ async fn the_dispatcher_claims_on_connections_of_its_own(app: TestApp) {
 /// The database refuses one attempt of a batch (a trigger, as a full disk or a constraint
 /// would): nothing of the batch is written, and the writer serves the next batch.
 async fn a_refused_batch_of_attempts_leaves_nothing_and_the_writer_goes_on(app: TestApp) {
-    let receiver = Receiver::start(Answer::Status(200)).await;
-    let (callback, _) = register_order_created(&app, &receiver.url).await;
-    for _ in 0..2 {
-        app.order().await;
-    }
-    let mut claimed = app.db.claim_due(10, 60_000_000).await.expect("claim");
-    assert_eq!(claimed.len(), 2);
-    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    let (_receiver, callback, claimed) = claimed_orders(&app, 2).await;
     let refuse = match app.backend() {
         Backend::Sqlite => {
             "CREATE TRIGGER refuse_attempts BEFORE INSERT ON attempts WHEN NEW.error_detail = 'poison' \
@@ -403,13 +407,7 @@ async fn a_refused_batch_of_attempts_leaves_nothing_and_the_writer_goes_on(app: 
 /// A batch of more attempts than one statement takes (several statements of each kind,
 /// sent as one text SQLite does not keep prepared) is written whole.
 async fn a_batch_of_many_chunks_is_written_whole(app: TestApp) {
-    let receiver = Receiver::start(Answer::Status(200)).await;
-    let (callback, _) = register_order_created(&app, &receiver.url).await;
-    for _ in 0..70 {
-        app.order().await;
-    }
-    let claimed = app.db.claim_due(100, 60_000_000).await.expect("claim");
-    assert_eq!(claimed.len(), 70);
+    let (_receiver, callback, claimed) = claimed_orders(&app, 70).await;
     let batch: Vec<Finished> = claimed
         .into_iter()
         .map(|claimed| Finished {
