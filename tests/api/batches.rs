@@ -205,7 +205,7 @@ async fn a_busy_callback_is_refilled_by_claims_of_its_own(app: TestApp) {
     for _ in 0..20 {
         app.order().await;
     }
-    // One look for due work at the start, then none for a minute: a lane holds at most
+    // One look for due work at the start, then none for a minute: that look claims
     // 2 x per_callback = 4, so the other 16 arrive only through the lane's own claims.
     let config = DispatchConfig {
         per_callback: 2,
