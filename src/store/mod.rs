@@ -9,7 +9,9 @@
 //!
 //! Concurrency: on PostgreSQL, money rules are enforced by guarded `UPDATE ... WHERE`
 //! statements (compare-and-set), which re-check their condition on the newest committed
-//! row. On SQLite all writes go through one connection, so they are serial.
+//! row. On SQLite all writes go through one connection, so they are serial; units of work
+//! queue for it one at a time, so the dispatcher's claims and attempt records wait behind
+//! one at most.
 
 mod callbacks;
 pub mod deliveries;
@@ -30,8 +32,8 @@ use std::time::Duration;
 
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow, install_default_drivers};
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe};
-use tokio::sync::Notify;
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, SqlSafeStr};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::domain::ledger::{Kind, Status};
 
@@ -142,6 +144,11 @@ pub struct Db {
     url: String,
     /// Wakes this process's dispatcher when a unit of work may have created deliveries.
     wake: Arc<Notify>,
+    /// SQLite: [`Db::begin`] takes its turn here before it waits for the writer, so at
+    /// most one unit of work waits there at a time. The dispatcher's claims and attempt
+    /// records wait there directly: each comes after that one, not behind every unit of
+    /// work queued (at 1,000 transactions a second, a claim waited 3.4 ms for the writer).
+    turn: Arc<Semaphore>,
 }
 
 /// Connection settings that are not part of the URL.
@@ -194,6 +201,7 @@ impl Db {
                 backend: Backend::Postgres,
                 url: url.to_owned(),
                 wake: Arc::default(),
+                turn: Arc::new(Semaphore::new(1)),
             }
         } else {
             let url = sqlite_url(url);
@@ -209,6 +217,7 @@ impl Db {
                 backend: Backend::Sqlite,
                 url,
                 wake: Arc::default(),
+                turn: Arc::new(Semaphore::new(1)),
             }
         };
         db.migrate().await?;
@@ -251,7 +260,15 @@ impl Db {
             // deferred transaction's first read and its first write fails that write
             // (SQLITE_BUSY_SNAPSHOT) without waiting; the lock itself is waited for
             // (`busy_timeout`).
-            Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
+            // It waits for the writer behind at most one other unit of work (see `turn`).
+            Backend::Sqlite => {
+                let conn = {
+                    let _turn = self.turn.acquire().await.expect("the turn is never closed");
+                    self.write.acquire().await?
+                };
+                let begin = "BEGIN IMMEDIATE".into_sql_str();
+                sqlx::Transaction::begin(conn, Some(begin)).await?
+            }
             Backend::Postgres => self.write.begin().await?,
         })
     }

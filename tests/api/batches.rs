@@ -1,6 +1,7 @@
 //! The batched paths of the outbox and the dispatcher: many events in one call, many
 //! attempts in one transaction, and busy callbacks refilled by claims of their own.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hookline::dispatch::{DispatchConfig, Dispatcher};
@@ -329,6 +330,55 @@ async fn the_dispatcher_claims_on_connections_of_its_own(app: TestApp) {
     assert_eq!(receiver.drain().len(), 1);
 }
 
+/// A claim that comes while units of work wait for the writer. On SQLite they wait for it
+/// one at a time, so the claim waits behind one of them at most; on PostgreSQL the claim
+/// has a connection of its own and waits for none.
+async fn a_claim_waits_behind_one_queued_unit_of_work_at_most(app: TestApp) {
+    let _receiver = {
+        let receiver = Receiver::start(Answer::Status(200)).await;
+        register_order_created(&app, &receiver.url).await;
+        receiver
+    };
+    app.order().await;
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let holding = app.db.begin().await.expect("begin");
+    let mut units = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let (db, done) = (app.db.clone(), done.clone());
+        units.spawn(async move {
+            let tx = db.begin().await.expect("begin");
+            done.lock().unwrap().push("unit of work");
+            tx.commit().await.expect("commit");
+        });
+    }
+    // Time for the three units to queue (on PostgreSQL, to begin).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let claim = {
+        let (db, done) = (app.db.for_dispatcher(), done.clone());
+        tokio::spawn(async move {
+            let claimed = db.claim_due(10, 60_000_000).await.expect("claim");
+            done.lock().unwrap().push("claim");
+            claimed.len()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if app.db.backend() == Backend::Postgres {
+        assert!(
+            claim.is_finished(),
+            "the claim did not wait for the API's writers"
+        );
+    }
+    holding.commit().await.expect("commit");
+    assert_eq!(claim.await.expect("claim task"), 1);
+    while units.join_next().await.is_some() {}
+    let done = done.lock().unwrap().clone();
+    let ahead = done.iter().position(|d| *d == "claim").expect("claimed");
+    match app.db.backend() {
+        Backend::Sqlite => assert_eq!(ahead, 1, "one unit of work ahead: {done:?}"),
+        Backend::Postgres => assert_eq!(ahead, 3, "the units began before: {done:?}"),
+    }
+}
+
 /// The database refuses one attempt of a batch (a trigger, as a full disk or a constraint
 /// would): nothing of the batch is written, and the writer serves the next batch.
 async fn a_refused_batch_of_attempts_leaves_nothing_and_the_writer_goes_on(app: TestApp) {
@@ -444,4 +494,5 @@ on_both_backends!(
     a_busy_callback_is_refilled_by_claims_of_its_own,
     a_rounds_claims_commit_together_and_later_commits_stay_durable,
     the_dispatcher_claims_on_connections_of_its_own,
+    a_claim_waits_behind_one_queued_unit_of_work_at_most,
 );
