@@ -256,15 +256,20 @@ impl Db {
     /// same pools through [`Db::writer`].
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self.backend {
-            // SQLite: take the write lock at once. Another process's commit between a
-            // deferred transaction's first read and its first write fails that write
-            // (SQLITE_BUSY_SNAPSHOT) without waiting; the lock itself is waited for
-            // (`busy_timeout`).
-            // It waits for the writer behind at most one other unit of work (see `turn`).
+            // SQLite: wait for the writer in turn (see `turn`), then take the write lock
+            // at once. Another process's commit between a deferred transaction's first
+            // read and its first write fails that write (SQLITE_BUSY_SNAPSHOT) without
+            // waiting; the lock itself is waited for (`busy_timeout`).
             Backend::Sqlite => {
+                // The wait limit counts from the moment this unit of work asked. Each unit
+                // ahead in turn asked earlier, so it has the writer or has given up before
+                // this one's limit.
+                let deadline = tokio::time::Instant::now() + SQLITE_ACQUIRE_TIMEOUT;
                 let conn = {
                     let _turn = self.turn.acquire().await.expect("the turn is never closed");
-                    self.write.acquire().await?
+                    tokio::time::timeout_at(deadline, self.write.acquire())
+                        .await
+                        .map_err(|_| sqlx::Error::PoolTimedOut)??
                 };
                 let begin = "BEGIN IMMEDIATE".into_sql_str();
                 sqlx::Transaction::begin(conn, Some(begin)).await?
@@ -515,10 +520,13 @@ fn postgres_pool(connections: u32, session: &'static str) -> AnyPoolOptions {
         })
 }
 
+/// How long a SQLite connection is waited for before the wait fails.
+const SQLITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn sqlite_pool(connections: u32) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(connections)
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(SQLITE_ACQUIRE_TIMEOUT)
         // A connection to a local file does not go stale: no ping before each use.
         .test_before_acquire(false)
         .after_connect(|conn, _| {
@@ -647,7 +655,7 @@ fn parse_kind(s: &str) -> Result<Kind, sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Backend, Script, positional};
+    use super::{Backend, Db, DbOptions, SQLITE_ACQUIRE_TIMEOUT, Script, positional};
 
     fn on_sqlite(sql: &str) -> String {
         positional(sql.to_owned(), Backend::Sqlite)
@@ -696,5 +704,30 @@ mod tests {
         script
             .push("SELECT $2, $1".to_owned(), |_| Ok(()))
             .expect("sent alone on PostgreSQL");
+    }
+
+    /// SQLite: units of work queued for the writer give up once the wait limit has passed
+    /// since each asked, not one limit after another for each unit queued ahead.
+    #[tokio::test]
+    async fn queued_units_of_work_give_up_within_the_wait_limit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("hookline.db");
+        let db = Db::connect(path.to_str().expect("utf-8"), &DbOptions::default())
+            .await
+            .expect("connect");
+        let holding = db.begin().await.expect("begin");
+        // From here the clock moves only when every task waits on it.
+        tokio::time::pause();
+        let asked = tokio::time::Instant::now();
+        let queued = |db: Db| tokio::spawn(async move { db.begin().await.map(drop) });
+        let (first, second) = (queued(db.clone()), queued(db.clone()));
+        for unit in [first, second] {
+            let waited = unit.await.expect("task");
+            assert!(waited.is_err(), "the writer stayed taken");
+            assert!(asked.elapsed() <= SQLITE_ACQUIRE_TIMEOUT + std::time::Duration::from_secs(1));
+        }
+        tokio::time::resume();
+        holding.rollback().await.expect("rollback");
+        db.close().await;
     }
 }
