@@ -142,7 +142,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     max_attempts: u32,
     /// PostgreSQL pool size per process.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = DbOptions::default().max_connections)]
     db_connections: u32,
     /// Global deadline, in seconds.
     #[arg(long, default_value_t = 120)]

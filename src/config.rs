@@ -70,7 +70,7 @@ pub struct Config {
     #[arg(
         long,
         env = "HOOKLINE_DB_MAX_CONNECTIONS",
-        default_value_t = 16,
+        default_value_t = crate::store::DbOptions::default().max_connections,
         global = true
     )]
     pub db_max_connections: u32,
