@@ -144,11 +144,11 @@ pub struct Db {
     url: String,
     /// Wakes this process's dispatcher when a unit of work may have created deliveries.
     wake: Arc<Notify>,
-    /// SQLite: [`Db::begin`] takes one of [`SQLITE_UNITS_WAITING`] turns here before it
-    /// waits for the writer, so that many units of work at most wait there at a time. The
-    /// dispatcher's claims and attempt records wait there directly: each comes after those,
-    /// not behind every unit of work queued (at 1,000 transactions a second a claim waited
-    /// 3.4 ms for the writer, and the p99 from commit to receipt was 18-136 ms).
+    /// SQLite only: [`Db::begin`] takes one of [`SQLITE_UNITS_WAITING`] turns here before
+    /// it waits for the writer, so that many units of work at most wait there at a time.
+    /// The dispatcher's claims and attempt records wait there directly: each comes after
+    /// those, not behind every unit of work queued (at 1,000 transactions a second a claim
+    /// had waited 3.4 ms for the writer, and the p99 from commit to receipt was 18-191 ms).
     turn: Arc<Semaphore>,
 }
 
@@ -156,8 +156,8 @@ pub struct Db {
 #[derive(Debug, Clone)]
 pub struct DbOptions {
     /// PostgreSQL pool size. 8 by default: with PostgreSQL on the same 2 cores, 16 gave a
-    /// p99 commit-to-receipt of 12-31 ms at 1,000 events a second in the benchmark, 8 gave
-    /// 9-10 ms (4 runs each), and neither sustained more deliveries.
+    /// p99 commit-to-receipt of 12.1-30.8 ms at 1,000 events a second in the benchmark, 8
+    /// gave 8.7-10.3 ms (4 runs each), and neither sustained more deliveries.
     pub max_connections: u32,
     /// SQLite reader connections (there is always exactly one writer).
     pub sqlite_readers: u32,
@@ -740,7 +740,8 @@ mod tests {
         for unit in units {
             let waited = unit.await.expect("task");
             assert!(waited.is_err(), "the writer stayed taken");
-            assert!(asked.elapsed() <= SQLITE_ACQUIRE_TIMEOUT + std::time::Duration::from_secs(1));
+            let limit = SQLITE_ACQUIRE_TIMEOUT + std::time::Duration::from_secs(1);
+            assert!(asked.elapsed() <= limit, "waited {:?}", asked.elapsed());
         }
         tokio::time::resume();
         holding.rollback().await.expect("rollback");
