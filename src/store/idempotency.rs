@@ -46,7 +46,7 @@ impl Db {
         )
         .bind(marketplace)
         .bind(&key.key)
-        .fetch_optional(self.writer())
+        .fetch_optional(&mut *self.write_conn().await?)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let hash: String = row.try_get("request_hash")?;

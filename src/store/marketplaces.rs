@@ -41,7 +41,7 @@ impl Db {
         .bind(name)
         .bind(hash_secret(&secret))
         .bind(now_micros())
-        .execute(self.writer())
+        .execute(&mut *self.write_conn().await?)
         .await?;
         Ok((
             Marketplace {

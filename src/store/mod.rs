@@ -10,8 +10,8 @@
 //! Concurrency: on PostgreSQL, money rules are enforced by guarded `UPDATE ... WHERE`
 //! statements (compare-and-set), which re-check their condition on the newest committed
 //! row. On SQLite all writes go through one connection, so they are serial; at most two
-//! units of work wait for it at a time, so the dispatcher's claims and attempt records wait
-//! behind two at most.
+//! of the API's writes wait for it at a time, so the dispatcher's claims and attempt records
+//! wait behind the one holding it and two more at most.
 
 mod callbacks;
 pub mod deliveries;
@@ -144,11 +144,12 @@ pub struct Db {
     url: String,
     /// Wakes this process's dispatcher when a unit of work may have created deliveries.
     wake: Arc<Notify>,
-    /// SQLite only: [`Db::begin`] takes one of [`SQLITE_UNITS_WAITING`] turns here before
-    /// it waits for the writer, so that many units of work at most wait there at a time.
-    /// The dispatcher's claims and attempt records wait there directly: each comes after
-    /// those, not behind every unit of work queued (at 1,000 transactions a second a claim
-    /// had waited 3.4 ms for the writer, and the p99 from commit to receipt was 18-191 ms).
+    /// SQLite only ([`Db::write_conn`]): the API's writes take one of
+    /// [`SQLITE_UNITS_WAITING`] turns here before they wait for the writer, so that many at
+    /// most wait there at a time. The dispatcher's claims and attempt records wait there
+    /// directly: each comes after the write holding it and those waiting, not behind every
+    /// one queued (at 1,000 transactions a second a claim had waited 3.4 ms for the writer,
+    /// and the p99 from commit to receipt was 18-191 ms).
     turn: Arc<Semaphore>,
 }
 
@@ -190,6 +191,7 @@ impl Db {
     /// not `postgres://` or `sqlite:` is taken as the path of a SQLite file.
     pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, StoreError> {
         install_default_drivers();
+        let turn = Arc::new(Semaphore::new(SQLITE_UNITS_WAITING));
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = postgres_pool(options.max_connections, "")
                 .connect(url)
@@ -204,7 +206,7 @@ impl Db {
                 backend: Backend::Postgres,
                 url: url.to_owned(),
                 wake: Arc::default(),
-                turn: Arc::new(Semaphore::new(SQLITE_UNITS_WAITING)),
+                turn,
             }
         } else {
             let url = sqlite_url(url);
@@ -220,7 +222,7 @@ impl Db {
                 backend: Backend::Sqlite,
                 url,
                 wake: Arc::default(),
-                turn: Arc::new(Semaphore::new(SQLITE_UNITS_WAITING)),
+                turn,
             }
         };
         db.migrate().await?;
@@ -258,30 +260,33 @@ impl Db {
     /// Begins a write transaction. Library users who keep their own tables can use the
     /// same pools through [`Db::writer`].
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(match self.backend {
-            // SQLite: wait for the writer in turn (see `turn`), then take the write lock
-            // at once. Another process's commit between a deferred transaction's first
-            // read and its first write fails that write (SQLITE_BUSY_SNAPSHOT) without
-            // waiting; the lock itself is waited for (`busy_timeout`).
-            Backend::Sqlite => {
-                // The wait limit counts from the moment this unit of work asked. Each unit
-                // ahead in turn asked earlier, so it has the writer or has given up before
-                // this one's limit.
-                let deadline = tokio::time::Instant::now() + SQLITE_ACQUIRE_TIMEOUT;
-                let conn = {
-                    let _turn = self.turn.acquire().await.expect("the turn is never closed");
-                    tokio::time::timeout_at(deadline, self.write.acquire())
-                        .await
-                        .map_err(|_| sqlx::Error::PoolTimedOut)??
-                };
-                let begin = "BEGIN IMMEDIATE".into_sql_str();
-                sqlx::Transaction::begin(conn, Some(begin)).await?
-            }
-            Backend::Postgres => self.write.begin().await?,
-        })
+        let begin = match self.backend {
+            // SQLite: take the write lock at once. Another process's commit between a
+            // deferred transaction's first read and its first write fails that write
+            // (SQLITE_BUSY_SNAPSHOT) without waiting; the lock itself is waited for
+            // (`busy_timeout`).
+            Backend::Sqlite => Some("BEGIN IMMEDIATE".into_sql_str()),
+            Backend::Postgres => None,
+        };
+        Ok(sqlx::Transaction::begin(self.write_conn().await?, begin).await?)
     }
 
-    /// The pool for writes (one connection on SQLite).
+    /// A connection to write with, on SQLite the writer taken in turn (see `turn`).
+    pub(crate) async fn write_conn(&self) -> Result<PoolConnection<Any>, sqlx::Error> {
+        if self.backend == Backend::Postgres {
+            return self.write.acquire().await;
+        }
+        // The wait limit counts from the moment this write asked. Each write ahead in turn
+        // asked earlier, so it has the writer or has given up before this one's limit.
+        let deadline = tokio::time::Instant::now() + SQLITE_ACQUIRE_TIMEOUT;
+        let _turn = self.turn.acquire().await.expect("the turn is never closed");
+        tokio::time::timeout_at(deadline, self.write.acquire())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+    }
+
+    /// The pool for writes (one connection on SQLite). On SQLite, what is sent to it
+    /// directly does not wait its turn (see [`Db::begin`]), as the dispatcher's writes do not.
     pub fn writer(&self) -> &AnyPool {
         &self.write
     }
@@ -523,10 +528,10 @@ fn postgres_pool(connections: u32, session: &'static str) -> AnyPoolOptions {
         })
 }
 
-/// How many units of work wait for SQLite's writer at once (see `Db::turn`). One gave the
-/// lowest latency from commit to receipt (p99 5.3-6.2 ms at 1,000 events a second) but
-/// 33 % fewer API creates a second while deliveries ran; two gave 5.0-8.9 ms and 18 %
-/// fewer; three 8.2-9.8 ms.
+/// How many of the API's writes wait for SQLite's writer at once (see `Db::turn`). One gave
+/// the lowest p99 from commit to receipt at 1,000 events a second, but a third fewer API
+/// creates a second while deliveries ran; two cost a fifth and kept the p99 under 10 ms;
+/// with three it came within 0.2 ms of 10 (README, Benchmark).
 const SQLITE_UNITS_WAITING: usize = 2;
 
 /// How long a SQLite connection is waited for before the wait fails.
@@ -664,6 +669,8 @@ fn parse_kind(s: &str) -> Result<Kind, sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::{
         Backend, Db, DbOptions, SQLITE_ACQUIRE_TIMEOUT, SQLITE_UNITS_WAITING, Script, positional,
     };
@@ -717,15 +724,64 @@ mod tests {
             .expect("sent alone on PostgreSQL");
     }
 
+    /// A SQLite connection to a fresh file in `dir`.
+    async fn sqlite(dir: &tempfile::TempDir) -> Db {
+        let path = dir.path().join("hookline.db");
+        Db::connect(path.to_str().expect("utf-8"), &DbOptions::default())
+            .await
+            .expect("connect")
+    }
+
+    /// SQLite: a claim that comes while units of work wait for the writer waits behind the
+    /// one holding it and two more, not behind every one queued.
+    #[tokio::test]
+    async fn a_claim_waits_behind_two_queued_units_of_work_at_most() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sqlite(&dir).await;
+        let holding = db.begin().await.expect("begin");
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let mut units = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (db, done) = (db.clone(), done.clone());
+            units.spawn(async move {
+                let tx = db.begin().await.expect("begin");
+                done.lock().unwrap().push("unit of work");
+                tx.commit().await.expect("commit");
+            });
+        }
+        // On this one-thread runtime each task, polled once, queues where it waits: two
+        // units for the writer, two for their turn. Nothing there needs the database.
+        queue_up().await;
+        let claim = {
+            let (db, done) = (db.clone(), done.clone());
+            tokio::spawn(async move {
+                let args = sqlx::any::AnyArguments::default();
+                db.fetch_unflushed("SELECT 1", args).await.expect("claim");
+                done.lock().unwrap().push("claim");
+            })
+        };
+        queue_up().await;
+        holding.commit().await.expect("commit");
+        claim.await.expect("claim task");
+        units.join_all().await;
+        let done = done.lock().unwrap().clone();
+        let ahead = done.iter().position(|d| *d == "claim").expect("claimed");
+        assert_eq!(ahead, SQLITE_UNITS_WAITING, "{done:?}");
+    }
+
+    /// Lets every task spawned on this one-thread runtime run until it waits.
+    async fn queue_up() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// SQLite: units of work queued for the writer give up once the wait limit has passed
     /// since each asked, not one limit after another for each unit queued ahead.
     #[tokio::test]
     async fn queued_units_of_work_give_up_within_the_wait_limit() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("hookline.db");
-        let db = Db::connect(path.to_str().expect("utf-8"), &DbOptions::default())
-            .await
-            .expect("connect");
+        let db = sqlite(&dir).await;
         let holding = db.begin().await.expect("begin");
         // From here the clock moves only when every task waits on it.
         tokio::time::pause();

@@ -1,7 +1,6 @@
 //! The batched paths of the outbox and the dispatcher: many events in one call, many
 //! attempts in one transaction, and busy callbacks refilled by claims of their own.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hookline::dispatch::{DispatchConfig, Dispatcher};
@@ -330,61 +329,6 @@ async fn the_dispatcher_claims_on_connections_of_its_own(app: TestApp) {
     assert_eq!(receiver.drain().len(), 1);
 }
 
-/// A claim that comes while units of work wait for the writer. On SQLite at most two of
-/// them wait for it at a time, so the claim waits behind two at most; on PostgreSQL the
-/// claim has a connection of its own and waits for none.
-async fn a_claim_waits_behind_two_queued_units_of_work_at_most(app: TestApp) {
-    let _receiver = {
-        let receiver = Receiver::start(Answer::Status(200)).await;
-        register_order_created(&app, &receiver.url).await;
-        receiver
-    };
-    app.order().await;
-    let done = Arc::new(Mutex::new(Vec::new()));
-    let holding = app.db.begin().await.expect("begin");
-    let mut units = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let (db, done) = (app.db.clone(), done.clone());
-        units.spawn(async move {
-            let tx = db.begin().await.expect("begin");
-            done.lock().unwrap().push("unit of work");
-            tx.commit().await.expect("commit");
-        });
-    }
-    // Time for the four units to queue.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let claim = {
-        let (db, done) = (app.db.for_dispatcher(), done.clone());
-        tokio::spawn(async move {
-            let claimed = db.claim_due(10, 60_000_000).await.expect("claim");
-            done.lock().unwrap().push("claim");
-            claimed.len()
-        })
-    };
-    match app.db.backend() {
-        // Time for the claim to queue too.
-        Backend::Sqlite => tokio::time::sleep(Duration::from_millis(200)).await,
-        Backend::Postgres => {
-            let finished = async {
-                while !claim.is_finished() {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            };
-            tokio::time::timeout(Duration::from_secs(10), finished)
-                .await
-                .expect("the claim does not wait for the API's transactions");
-        }
-    }
-    holding.commit().await.expect("commit");
-    assert_eq!(claim.await.expect("claim task"), 1);
-    while units.join_next().await.is_some() {}
-    if app.db.backend() == Backend::Sqlite {
-        let done = done.lock().unwrap().clone();
-        let ahead = done.iter().position(|d| *d == "claim").expect("claimed");
-        assert_eq!(ahead, 2, "two units of work ahead: {done:?}");
-    }
-}
-
 /// The database refuses one attempt of a batch (a trigger, as a full disk or a constraint
 /// would): nothing of the batch is written, and the writer serves the next batch.
 async fn a_refused_batch_of_attempts_leaves_nothing_and_the_writer_goes_on(app: TestApp) {
@@ -500,5 +444,4 @@ on_both_backends!(
     a_busy_callback_is_refilled_by_claims_of_its_own,
     a_rounds_claims_commit_together_and_later_commits_stay_durable,
     the_dispatcher_claims_on_connections_of_its_own,
-    a_claim_waits_behind_two_queued_units_of_work_at_most,
 );
