@@ -9,8 +9,9 @@
 //!
 //! Each callback has a lane in this process: at most `per_callback` attempts in flight and
 //! claimed ones waiting (more for a callback with a backlog). A claim in due order finds
-//! work for every callback; a callback that stays busy is then refilled by claims of its own due work (an index
-//! range), so a large backlog is never rescanned to skip the callbacks that hold enough.
+//! work for every callback; a callback that stays busy is then refilled by claims of its
+//! own due work (an index range), so a large backlog is never rescanned to skip the
+//! callbacks that hold enough.
 //!
 //! Any number of dispatchers may run on one PostgreSQL (claims skip what others hold);
 //! on SQLite, one. New work wakes a dispatcher at once (a PostgreSQL NOTIFY from the
