@@ -445,8 +445,8 @@ async fn run(args: &Args, shared: &Arc<Shared>, tmp: &std::path::Path) -> Result
             deliveries as f64 / secs
         ),
     );
-    // Phase 2 shares the SQLite writer between the outbox and the dispatcher until the
-    // enqueue ends; the rate after it is the dispatcher's alone.
+    // Until the enqueue ends, the outbox's writes and the dispatcher share the database;
+    // after it, the dispatcher has it to itself.
     shared.row(
         "  attempts received/s: enqueue running / after",
         format!(
