@@ -422,6 +422,7 @@ async fn run(args: &Args, shared: &Arc<Shared>, tmp: &std::path::Path) -> Result
 
     // Phase 2: throughput through the library outbox call.
     let cpu_before = cpu_seconds(shared);
+    let log_before = AttemptLog::read();
     let received = || shared.stats.received.load(Ordering::Relaxed);
     let received_before = received();
     let t = Instant::now();
@@ -431,6 +432,7 @@ async fn run(args: &Args, shared: &Arc<Shared>, tmp: &std::path::Path) -> Result
     let secs = t.elapsed().as_secs_f64();
     let received_after = received() - received_before - received_while_enqueuing;
     let cpu = cpu_seconds(shared) - cpu_before;
+    let log = AttemptLog::read().since(&log_before);
     let deliveries = (ok + failed - api_deliveries).max(0);
     let expected = (args.events * args.callbacks) as i64;
     if deliveries != expected {
@@ -454,6 +456,22 @@ async fn run(args: &Args, shared: &Arc<Shared>, tmp: &std::path::Path) -> Result
             received_while_enqueuing as f64 / enqueue_secs,
             received_after as f64 / (secs - enqueue_secs).max(f64::EPSILON)
         ),
+    );
+    // The dispatcher's own metrics, when it runs in this process: what its attempt log's
+    // writer did in phase 2, and where its attempts spent their time.
+    shared.row(
+        "  attempt log: writer busy / attempts per write",
+        if args.out_of_process() {
+            "not read (the dispatcher runs out of process)".to_owned()
+        } else {
+            format!(
+                "{:.0} % / {:.1}; an attempt took {:.1} ms to answer, then waited {:.1} ms for its record (means)",
+                100.0 * log.write_seconds / secs,
+                log.attempts / log.writes.max(1.0),
+                1000.0 * log.answer_seconds / log.attempts.max(1.0),
+                1000.0 * log.wait_seconds / log.attempts.max(1.0),
+            )
+        },
     );
     shared.row(
         "CPU s per 1,000 deliveries (phase 2)",
@@ -817,6 +835,48 @@ fn percentiles(samples: &mut [i64]) -> String {
         samples.len(),
         at(1.0)
     )
+}
+
+/// Totals of the in-process dispatcher's attempt metrics (`hookline::observe`).
+#[derive(Default)]
+struct AttemptLog {
+    writes: f64,
+    write_seconds: f64,
+    wait_seconds: f64,
+    attempts: f64,
+    answer_seconds: f64,
+}
+
+impl AttemptLog {
+    fn read() -> AttemptLog {
+        use hookline::observe::{ATTEMPT_DURATION, LOG_WAIT, LOG_WRITE_DURATION};
+        let text = hookline::observe::install().render();
+        // Every sample of one metric, summed over its labels.
+        let total = |metric: &str| -> f64 {
+            text.lines()
+                .filter_map(|line| line.strip_prefix(metric))
+                .filter(|rest| rest.starts_with([' ', '{']))
+                .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        AttemptLog {
+            writes: total(&format!("{LOG_WRITE_DURATION}_count")),
+            write_seconds: total(&format!("{LOG_WRITE_DURATION}_sum")),
+            wait_seconds: total(&format!("{LOG_WAIT}_sum")),
+            attempts: total(&format!("{ATTEMPT_DURATION}_count")),
+            answer_seconds: total(&format!("{ATTEMPT_DURATION}_sum")),
+        }
+    }
+
+    fn since(&self, before: &AttemptLog) -> AttemptLog {
+        AttemptLog {
+            writes: self.writes - before.writes,
+            write_seconds: self.write_seconds - before.write_seconds,
+            wait_seconds: self.wait_seconds - before.wait_seconds,
+            attempts: self.attempts - before.attempts,
+            answer_seconds: self.answer_seconds - before.answer_seconds,
+        }
+    }
 }
 
 /// Waits until no delivery is pending or retrying (one probe of the

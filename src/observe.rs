@@ -4,8 +4,11 @@
 //!
 //! - Delivery attempts, counted in this process as the dispatcher makes them
 //!   ([`attempt_recorded`]): `hookline_delivery_attempts_total{outcome}` and the
-//!   `hookline_delivery_attempt_duration_seconds` histogram. A process that runs only the
-//!   dispatcher counts them too but has no endpoint that shows them.
+//!   `hookline_delivery_attempt_duration_seconds` histogram; and its attempt log's writes
+//!   and the attempts' waits for them ([`attempt_log_written`], [`attempt_log_waited`]):
+//!   the `hookline_attempt_log_write_seconds` and `hookline_attempt_log_wait_seconds`
+//!   histograms. A process that runs only the dispatcher counts them too but has no
+//!   endpoint that shows them.
 //! - The delivery queue, read from the database at scrape time ([`Queue`]), so it is right
 //!   however many dispatcher processes share the database: `hookline_queue_due_deliveries`,
 //!   `hookline_queue_oldest_due_age_seconds` and `hookline_queue_in_flight_deliveries`.
@@ -29,6 +32,14 @@ use metrics_exporter_prometheus::{
 pub const ATTEMPTS: &str = "hookline_delivery_attempts_total";
 /// Histogram: how long one attempt took, request to answer (or error).
 pub const ATTEMPT_DURATION: &str = "hookline_delivery_attempt_duration_seconds";
+/// Histogram: one write of the attempt log, one transaction for every attempt that finished
+/// while the write before it ran. Its `_sum` grows by about a second a second when the
+/// writer never rests: the database, not the receivers, then bounds deliveries a second,
+/// and `hookline_delivery_attempts_total` over `_count` is the attempts per write.
+pub const LOG_WRITE_DURATION: &str = "hookline_attempt_log_write_seconds";
+/// Histogram: how long each attempt waited, once its answer was in, for its record to be
+/// written. Its callback's attempt slot stays taken meanwhile (see the dispatcher).
+pub const LOG_WAIT: &str = "hookline_attempt_log_wait_seconds";
 /// Gauge: deliveries due now.
 pub const QUEUE_DUE: &str = "hookline_queue_due_deliveries";
 /// Gauge: how long the oldest due delivery has been due; 0 when none is.
@@ -42,6 +53,11 @@ const OUTCOMES: [&str; 3] = ["succeeded", "retrying", "failed"];
 /// Upper bounds, in seconds, from 5 ms to 30 s (past the default 15 s request timeout).
 const DURATION_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
+];
+
+/// Upper bounds, in seconds, from 1 ms to 10 s, for the attempt log's writes and waits.
+const LOG_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 static RECORDER: OnceLock<Installed> = OnceLock::new();
@@ -64,7 +80,13 @@ fn installed() -> &'static Installed {
                 Matcher::Full(ATTEMPT_DURATION.to_owned()),
                 &DURATION_BUCKETS,
             )
-            .expect("the bucket list is not empty");
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(LOG_WRITE_DURATION.to_owned()), &LOG_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(LOG_WAIT.to_owned()), &LOG_BUCKETS)
+            })
+            .expect("the bucket lists are not empty");
         // Leaked once per process, so that it can be both kept here and the global recorder.
         let recorder: &'static PrometheusRecorder = Box::leak(Box::new(builder.build_recorder()));
         recorder.describe_counter(
@@ -77,12 +99,26 @@ fn installed() -> &'static Installed {
             None,
             SharedString::const_str("Duration of one delivery attempt, in seconds."),
         );
+        recorder.describe_histogram(
+            KeyName::from_const_str(LOG_WRITE_DURATION),
+            None,
+            SharedString::const_str("Duration of one write of the attempt log, in seconds."),
+        );
+        recorder.describe_histogram(
+            KeyName::from_const_str(LOG_WAIT),
+            None,
+            SharedString::const_str(
+                "How long a finished attempt waited for its record to be written, in seconds.",
+            ),
+        );
         metrics::with_local_recorder(recorder, || {
             for outcome in OUTCOMES {
                 metrics::counter!(ATTEMPTS, "outcome" => outcome).increment(0);
             }
-            // Registered now, so its lines show before the first attempt.
-            let _ = metrics::histogram!(ATTEMPT_DURATION);
+            // Registered now, so their lines show before the first attempt.
+            for histogram in [ATTEMPT_DURATION, LOG_WRITE_DURATION, LOG_WAIT] {
+                let _ = metrics::histogram!(histogram);
+            }
         });
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::info!(
@@ -106,6 +142,21 @@ pub fn attempt_recorded(outcome: &str, duration: Duration) {
     // Without an exporter task nothing else folds histogram samples into buckets; doing it
     // here keeps memory bounded in a process that is never scraped.
     installed.handle.run_upkeep();
+}
+
+/// One write of the attempt log, and how long it took. Folded into its buckets with the
+/// next attempt counted ([`attempt_recorded`]), as is [`attempt_log_waited`].
+pub fn attempt_log_written(took: Duration) {
+    metrics::with_local_recorder(installed().recorder, || {
+        metrics::histogram!(LOG_WRITE_DURATION).record(took);
+    });
+}
+
+/// How long one attempt waited for its record to be written.
+pub fn attempt_log_waited(waited: Duration) {
+    metrics::with_local_recorder(installed().recorder, || {
+        metrics::histogram!(LOG_WAIT).record(waited);
+    });
 }
 
 /// The delivery queue at scrape time, as [`crate::store::Db::queue_depth`] reads it.
@@ -159,6 +210,8 @@ mod tests {
 
     #[test]
     fn renders_counters_histogram_and_gauges() {
+        attempt_log_written(Duration::from_millis(3));
+        attempt_log_waited(Duration::from_millis(4));
         attempt_recorded("succeeded", Duration::from_millis(12));
         let queue = Queue {
             due: 2,
@@ -169,6 +222,8 @@ mod tests {
         assert!(text.contains("hookline_delivery_attempts_total{outcome=\"failed\"}"));
         assert!(text.contains("hookline_delivery_attempt_duration_seconds_bucket{le=\"0.025\"}"));
         assert!(text.contains("hookline_delivery_attempt_duration_seconds_count"));
+        assert!(text.contains("hookline_attempt_log_write_seconds_bucket{le=\"0.005\"}"));
+        assert!(text.contains("hookline_attempt_log_wait_seconds_bucket{le=\"0.005\"}"));
         assert!(text.contains("\nhookline_queue_due_deliveries 2\n"));
         assert!(text.contains("\nhookline_queue_oldest_due_age_seconds 2.5\n"));
         assert!(text.contains("\nhookline_queue_in_flight_deliveries 1\n"));

@@ -20,7 +20,7 @@ pub fn routes() -> Routes {
         get(metrics),
         vec![
             Op::get(
-                "Prometheus metrics: attempts by outcome, attempt durations, queue depth",
+                "Prometheus metrics: attempts by outcome, attempt durations, attempt log writes and waits, queue depth",
                 Returns::Text(TEXT_FORMAT),
             )
             .public(),

@@ -6,8 +6,12 @@
 //!
 //! A batch the database refuses is tried again three times, then attempt by attempt, so one
 //! bad record cannot keep the others out of the log.
+//!
+//! Each write is timed, and so is each attempt's wait for its record, in the attempt log's
+//! metrics (see [`crate::observe`]); the attempt's own task times its wait, so the writer
+//! does no more than it must between writes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -46,12 +50,14 @@ impl Recorder {
     /// Hands one attempt over to be written, and returns once `on_written` was told.
     pub(crate) async fn record(&self, finished: Finished) {
         let (written, wait) = oneshot::channel();
+        let handed = Instant::now();
         if let Err(unsent) = self.queue.send((finished, written)) {
             // Only after the writer was told to stop, which waits for every sender first.
             tracing::error!(delivery_id = %unsent.0.0.claimed.id, "the attempt log's writer has stopped");
             return;
         }
         let _ = wait.await;
+        crate::observe::attempt_log_waited(handed.elapsed());
     }
 }
 
@@ -63,6 +69,7 @@ async fn write_loop(
 ) {
     let mut received = Vec::with_capacity(MAX_BATCH);
     while pending.recv_many(&mut received, MAX_BATCH).await > 0 {
+        let started = Instant::now();
         let (batch, waiting): (Vec<Finished>, Vec<_>) = received.drain(..).unzip();
         match write(&db, &batch, disable_after_us, 3).await {
             Ok(kept) => {
@@ -86,6 +93,7 @@ async fn write_loop(
                 }
             }
         }
+        crate::observe::attempt_log_written(started.elapsed());
         for written in waiting {
             let _ = written.send(());
         }

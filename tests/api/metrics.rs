@@ -1,5 +1,6 @@
-//! `GET /metrics`: Prometheus text with delivery attempts by outcome, their duration, and
-//! the delivery queue as the database has it.
+//! `GET /metrics`: Prometheus text with delivery attempts by outcome, their duration, the
+//! attempt log's writes and the attempts' waits for them, and the delivery queue as the
+//! database has it.
 //!
 //! Attempt counters are global to the test binary, and other tests deliver at the same
 //! time, so those checks compare values before and after with `>=`. The queue gauges come
@@ -20,6 +21,8 @@ const SUCCEEDED: &str = "hookline_delivery_attempts_total{outcome=\"succeeded\"}
 const RETRYING: &str = "hookline_delivery_attempts_total{outcome=\"retrying\"}";
 const FAILED: &str = "hookline_delivery_attempts_total{outcome=\"failed\"}";
 const DURATION_COUNT: &str = "hookline_delivery_attempt_duration_seconds_count";
+const LOG_WRITES: &str = "hookline_attempt_log_write_seconds_count";
+const LOG_WAITS: &str = "hookline_attempt_log_wait_seconds_count";
 const DUE: &str = "hookline_queue_due_deliveries";
 const OLDEST_AGE: &str = "hookline_queue_oldest_due_age_seconds";
 const IN_FLIGHT: &str = "hookline_queue_in_flight_deliveries";
@@ -123,7 +126,14 @@ async fn attempts_are_counted_by_outcome_and_timed(app: TestApp) {
     let before = scrape(&app).await;
     assert_eq!(queue(&before), (0.0, 0.0, 0.0), "a fresh database");
     // Every outcome is shown from the start, at 0 or more.
-    for series in [SUCCEEDED, RETRYING, FAILED, DURATION_COUNT] {
+    for series in [
+        SUCCEEDED,
+        RETRYING,
+        FAILED,
+        DURATION_COUNT,
+        LOG_WRITES,
+        LOG_WAITS,
+    ] {
         must(&before, series);
     }
 
@@ -143,6 +153,15 @@ async fn attempts_are_counted_by_outcome_and_timed(app: TestApp) {
     assert!(grew(RETRYING) >= 1.0, "{after}");
     assert!(grew(FAILED) >= 1.0, "{after}");
     assert!(grew(DURATION_COUNT) >= 3.0, "three attempts timed: {after}");
+    // `run_once` writes each step's attempts together: at least one write, each attempt's
+    // wait for it timed.
+    assert!(grew(LOG_WRITES) >= 1.0, "{after}");
+    assert!(grew(LOG_WAITS) >= 3.0, "three waits timed: {after}");
+    must(&after, "hookline_attempt_log_write_seconds_sum");
+    must(
+        &after,
+        "hookline_attempt_log_wait_seconds_bucket{le=\"+Inf\"}",
+    );
     must(
         &after,
         "hookline_delivery_attempt_duration_seconds_bucket{le=\"+Inf\"}",
