@@ -838,7 +838,6 @@ fn percentiles(samples: &mut [i64]) -> String {
 }
 
 /// Totals of the in-process dispatcher's attempt metrics (`hookline::observe`).
-#[derive(Default)]
 struct AttemptLog {
     writes: f64,
     write_seconds: f64,

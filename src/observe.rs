@@ -60,6 +60,25 @@ const LOG_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Every histogram: its name, its buckets and its description.
+const HISTOGRAMS: [(&str, &[f64], &str); 3] = [
+    (
+        ATTEMPT_DURATION,
+        &DURATION_BUCKETS,
+        "Duration of one delivery attempt, in seconds.",
+    ),
+    (
+        LOG_WRITE_DURATION,
+        &LOG_BUCKETS,
+        "Duration of one write of the attempt log, in seconds.",
+    ),
+    (
+        LOG_WAIT,
+        &LOG_BUCKETS,
+        "How long a finished attempt waited for its record to be written, in seconds.",
+    ),
+];
+
 static RECORDER: OnceLock<Installed> = OnceLock::new();
 
 struct Installed {
@@ -75,18 +94,12 @@ pub fn install() -> &'static PrometheusHandle {
 
 fn installed() -> &'static Installed {
     RECORDER.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(ATTEMPT_DURATION.to_owned()),
-                &DURATION_BUCKETS,
-            )
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(LOG_WRITE_DURATION.to_owned()), &LOG_BUCKETS)
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(LOG_WAIT.to_owned()), &LOG_BUCKETS)
-            })
-            .expect("the bucket lists are not empty");
+        let mut builder = PrometheusBuilder::new();
+        for (name, buckets, _) in HISTOGRAMS {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+                .expect("the bucket lists are not empty");
+        }
         // Leaked once per process, so that it can be both kept here and the global recorder.
         let recorder: &'static PrometheusRecorder = Box::leak(Box::new(builder.build_recorder()));
         recorder.describe_counter(
@@ -94,30 +107,20 @@ fn installed() -> &'static Installed {
             None,
             SharedString::const_str("Delivery attempts, by what became of the delivery."),
         );
-        recorder.describe_histogram(
-            KeyName::from_const_str(ATTEMPT_DURATION),
-            None,
-            SharedString::const_str("Duration of one delivery attempt, in seconds."),
-        );
-        recorder.describe_histogram(
-            KeyName::from_const_str(LOG_WRITE_DURATION),
-            None,
-            SharedString::const_str("Duration of one write of the attempt log, in seconds."),
-        );
-        recorder.describe_histogram(
-            KeyName::from_const_str(LOG_WAIT),
-            None,
-            SharedString::const_str(
-                "How long a finished attempt waited for its record to be written, in seconds.",
-            ),
-        );
+        for (name, _, help) in HISTOGRAMS {
+            recorder.describe_histogram(
+                KeyName::from_const_str(name),
+                None,
+                SharedString::const_str(help),
+            );
+        }
         metrics::with_local_recorder(recorder, || {
             for outcome in OUTCOMES {
                 metrics::counter!(ATTEMPTS, "outcome" => outcome).increment(0);
             }
             // Registered now, so their lines show before the first attempt.
-            for histogram in [ATTEMPT_DURATION, LOG_WRITE_DURATION, LOG_WAIT] {
-                let _ = metrics::histogram!(histogram);
+            for (name, _, _) in HISTOGRAMS {
+                let _ = metrics::histogram!(name);
             }
         });
         if metrics::set_global_recorder(recorder).is_err() {
