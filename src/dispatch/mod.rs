@@ -356,10 +356,11 @@ impl Dispatcher {
             room -= want;
             asks.push((callback, want as i64));
         }
-        let got = if asks.is_empty() {
-            Vec::new()
-        } else {
-            self.db.claim_due_for_each(&asks, lease).await?
+        let got = match self.db.backend() {
+            _ if asks.is_empty() => Vec::new(),
+            // SQLite's one write connection: the claim takes the attempt log's next turn.
+            Backend::Sqlite => recorder.claim(&asks, lease).await?,
+            Backend::Postgres => self.db.claim_due_for_each(&asks, lease).await?,
         };
         let mut claimed = Vec::new();
         let (mut busy, mut drained) = (Vec::new(), Vec::new());

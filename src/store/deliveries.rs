@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use sqlx::any::AnyArguments;
-use sqlx::{Any, Arguments, AssertSqlSafe, Encode, Row, Type};
+use sqlx::{Any, AnyConnection, Arguments, AssertSqlSafe, Encode, Row, Type};
 
 use super::rows::{self, event_columns};
 use super::{Backend, Db, Script, StoreError, now_micros, params, positional, values};
@@ -107,7 +107,7 @@ pub const MAX_CLAIM_CALLBACKS: usize = 100;
 impl Db {
     /// Claims up to `limit` due deliveries of any callback for `lease_us`, oldest due first.
     pub async fn claim_due(&self, limit: i64, lease_us: i64) -> Result<Vec<Claimed>, StoreError> {
-        self.claim(&[(None, limit)], lease_us).await
+        self.claim(None, &[(None, limit)], lease_us).await
     }
 
     /// For each `(callback, limit)`, claims up to `limit` of that callback's due deliveries,
@@ -119,24 +119,29 @@ impl Db {
         wants: &[(&str, i64)],
         lease_us: i64,
     ) -> Result<Vec<Vec<Claimed>>, StoreError> {
-        let asks: Vec<(Option<&str>, i64)> = wants.iter().map(|(c, n)| (Some(*c), *n)).collect();
-        let mut claimed = self.claim(&asks, lease_us).await?;
-        Ok(wants
-            .iter()
-            .map(|(callback, _)| {
-                let (mine, rest) = std::mem::take(&mut claimed)
-                    .into_iter()
-                    .partition(|c| c.callback_id == *callback);
-                claimed = rest;
-                mine
-            })
-            .collect())
+        let claimed = self.claim(None, &asks(wants), lease_us).await?;
+        Ok(by_callback(wants, claimed))
+    }
+
+    /// [`Db::claim_due_for_each`] on SQLite's writer, already taken (by the attempt log's
+    /// writer, between its writes). Should it fail, the caller closes the connection (see
+    /// [`super::sqlite_unflushed`]).
+    pub(crate) async fn claim_due_for_each_on(
+        &self,
+        writer: &mut AnyConnection,
+        wants: &[(&str, i64)],
+        lease_us: i64,
+    ) -> Result<Vec<Vec<Claimed>>, StoreError> {
+        let claimed = self.claim(Some(writer), &asks(wants), lease_us).await?;
+        Ok(by_callback(wants, claimed))
     }
 
     /// [`CLAIM`] with one branch per ask: a callback (or any) and how many of its due
-    /// deliveries to take. Its commit does not wait for the disk ([`Db::fetch_unflushed`]).
+    /// deliveries to take, on `writer` (SQLite's, already taken) or on a connection of its
+    /// own. Its commit does not wait for the disk ([`Db::fetch_unflushed`]).
     async fn claim(
         &self,
+        writer: Option<&mut AnyConnection>,
         asks: &[(Option<&str>, i64)],
         lease_us: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
@@ -183,7 +188,10 @@ impl Db {
         }
         let sql = CLAIM.replace("{branches}", &branches.join(" UNION ALL "));
         let sql = positional(sql, self.backend);
-        let rows = self.fetch_unflushed(&sql, args).await?;
+        let rows = match writer {
+            Some(writer) => super::sqlite_unflushed(writer, &sql, args).await?,
+            None => self.fetch_unflushed(&sql, args).await?,
+        };
         rows.iter()
             .map(|r| {
                 Ok(Claimed {
@@ -339,15 +347,52 @@ impl Db {
     /// dispatcher's group commit). A delivery changes only if its attempt still holds the
     /// lease it was claimed with: one that lost its lease cannot overwrite a newer result.
     /// Every attempt is logged either way. Returns, in order, whether each was kept.
-    ///
-    /// On SQLite the transaction is two round trips to the writer's thread: the deliveries'
-    /// moves and the attempts with its `BEGIN`, then the callbacks' health with its `COMMIT`.
     pub async fn record_attempts(
         &self,
         finished: &[Finished],
         disable_after_us: i64,
     ) -> Result<Vec<bool>, StoreError> {
-        let now = now_micros();
+        match self.backend {
+            Backend::Postgres => {
+                let mut tx = self.begin().await?;
+                let kept = kept(finished, self.moves(finished)?.run(&mut tx).await?)?;
+                self.health(finished, &kept, disable_after_us)?
+                    .run(&mut tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(kept)
+            }
+            Backend::Sqlite => {
+                let mut writer = self.sqlite_writer().await?;
+                let kept = self
+                    .record_attempts_on(writer.conn(), finished, disable_after_us)
+                    .await?;
+                writer.settled();
+                Ok(kept)
+            }
+        }
+    }
+
+    /// [`Db::record_attempts`] on SQLite's writer, already taken. The transaction is two
+    /// round trips to the writer's thread: the deliveries' moves and the attempts with its
+    /// `BEGIN`, then the callbacks' health with its `COMMIT`. Should it fail, the caller
+    /// closes the connection, which rolls the transaction back.
+    pub(crate) async fn record_attempts_on(
+        &self,
+        writer: &mut AnyConnection,
+        finished: &[Finished],
+        disable_after_us: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let kept = kept(finished, self.moves(finished)?.run(&mut *writer).await?)?;
+        let mut health = self.health(finished, &kept, disable_after_us)?;
+        health.push("COMMIT".to_owned(), |_| Ok(()))?;
+        health.run(writer).await?;
+        Ok(kept)
+    }
+
+    /// Each delivery's move to its next state, fenced by its lease, and each attempt's row
+    /// (on SQLite after the transaction's `BEGIN`).
+    fn moves(&self, finished: &[Finished]) -> Result<Script, sqlx::Error> {
         let mut moves = Script::new(self.backend);
         if self.backend == Backend::Sqlite {
             moves.push("BEGIN IMMEDIATE".to_owned(), |_| Ok(()))?;
@@ -362,42 +407,23 @@ impl Db {
         for chunk in finished.chunks(INSERT_CHUNK) {
             insert_attempts(&mut moves, chunk)?;
         }
-        let kept = |rows: Vec<sqlx::any::AnyRow>| -> Result<Vec<bool>, StoreError> {
-            let moved: HashSet<String> = rows
-                .iter()
-                .map(|r| r.try_get("id"))
-                .collect::<Result<_, _>>()?;
-            Ok(finished
-                .iter()
-                .map(|f| moved.contains(&f.claimed.id))
-                .collect())
-        };
-        let health = |kept: &[bool]| -> Result<Script, StoreError> {
-            let mut health = Script::new(self.backend);
-            let fenced = finished.iter().zip(kept).filter(|(_, k)| **k);
-            for (callback, batch) in fold_health(fenced.map(|(f, _)| f)) {
-                apply_health(&mut health, &callback, &batch, now, disable_after_us)?;
-            }
-            Ok(health)
-        };
-        match self.backend {
-            Backend::Postgres => {
-                let mut tx = self.begin().await?;
-                let kept = kept(moves.run(&mut tx).await?)?;
-                health(&kept)?.run(&mut tx).await?;
-                tx.commit().await?;
-                Ok(kept)
-            }
-            Backend::Sqlite => {
-                let mut writer = self.sqlite_writer().await?;
-                let kept = kept(moves.run(writer.conn()).await?)?;
-                let mut health = health(&kept)?;
-                health.push("COMMIT".to_owned(), |_| Ok(()))?;
-                health.run(writer.conn()).await?;
-                writer.settled();
-                Ok(kept)
-            }
+        Ok(moves)
+    }
+
+    /// What the attempts that were `kept` say about their callbacks' health.
+    fn health(
+        &self,
+        finished: &[Finished],
+        kept: &[bool],
+        disable_after_us: i64,
+    ) -> Result<Script, sqlx::Error> {
+        let now = now_micros();
+        let mut health = Script::new(self.backend);
+        let fenced = finished.iter().zip(kept).filter(|(_, k)| **k);
+        for (callback, batch) in fold_health(fenced.map(|(f, _)| f)) {
+            apply_health(&mut health, &callback, &batch, now, disable_after_us)?;
         }
+        Ok(health)
     }
 
     /// Each event's deliveries counted by state.
@@ -429,6 +455,37 @@ impl Db {
         }
         Ok(counts)
     }
+}
+
+/// Whether each attempt's delivery moved, from the ids its fenced updates returned.
+fn kept(finished: &[Finished], rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<bool>, StoreError> {
+    let moved: HashSet<String> = rows
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<Result<_, _>>()?;
+    Ok(finished
+        .iter()
+        .map(|f| moved.contains(&f.claimed.id))
+        .collect())
+}
+
+/// A claim's asks, one per callback.
+fn asks<'a>(wants: &[(&'a str, i64)]) -> Vec<(Option<&'a str>, i64)> {
+    wants.iter().map(|(c, n)| (Some(*c), *n)).collect()
+}
+
+/// Each callback's claims, in the order `wants` asked.
+fn by_callback(wants: &[(&str, i64)], mut claimed: Vec<Claimed>) -> Vec<Vec<Claimed>> {
+    wants
+        .iter()
+        .map(|(callback, _)| {
+            let (mine, rest) = std::mem::take(&mut claimed)
+                .into_iter()
+                .partition(|c| c.callback_id == *callback);
+            claimed = rest;
+            mine
+        })
+        .collect()
 }
 
 /// Adds `value` to `args` and returns its parameter (`$N`).

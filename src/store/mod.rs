@@ -341,23 +341,10 @@ impl Db {
                 .fetch_all(&self.unflushed)
                 .await?),
             Backend::Sqlite => {
-                // The setting cannot change inside a transaction, so it brackets the
-                // statement (a transaction of its own). Should the statement fail, or the
-                // future be dropped, before the setting is back, the connection is closed
-                // rather than handed on with commits that do not wait for the disk.
                 let mut conn = CloseUnlessSettled(Some(self.unflushed.acquire().await?));
-                let bracketed =
-                    format!("PRAGMA synchronous = NORMAL; {sql}; PRAGMA synchronous = FULL");
-                let rows = sqlx::query_with(AssertSqlSafe(bracketed), args)
-                    .fetch_all(conn.conn())
-                    .await;
-                if rows.is_err() {
-                    sqlx::raw_sql("PRAGMA synchronous = FULL")
-                        .execute(conn.conn())
-                        .await?;
-                }
+                let rows = sqlite_unflushed(conn.conn(), sql, args).await?;
                 conn.settled();
-                Ok(rows?)
+                Ok(rows)
             }
         }
     }
@@ -368,6 +355,22 @@ impl Db {
         self.dispatch.close().await;
         self.unflushed.close().await;
     }
+}
+
+/// Runs `sql` on SQLite's writer with a commit that does not wait for the disk (see
+/// [`Db::fetch_unflushed`]). The setting cannot change inside a transaction, so it
+/// brackets the statement, in the same round trip. Should the statement fail, or the future
+/// be dropped, before the setting is back, the caller closes the connection rather than
+/// hand it on with commits that do not wait for the disk.
+pub(crate) async fn sqlite_unflushed(
+    writer: &mut AnyConnection,
+    sql: &str,
+    args: AnyArguments,
+) -> Result<Vec<AnyRow>, StoreError> {
+    let bracketed = format!("PRAGMA synchronous = NORMAL; {sql}; PRAGMA synchronous = FULL");
+    Ok(sqlx::query_with(AssertSqlSafe(bracketed), args)
+        .fetch_all(writer)
+        .await?)
 }
 
 /// The migrations of a backend, embedded in the binary.
