@@ -137,18 +137,13 @@ async fn write_loop(
         for claim in claims.drain(..).filter(|c| !c.answer.is_closed()) {
             let wants: Vec<(&str, i64)> =
                 claim.wants.iter().map(|(c, n)| (c.as_str(), *n)).collect();
-            let claimed = match writer.as_mut() {
-                Some(taken) => {
-                    let claimed = db
-                        .claim_due_for_each_on(taken.conn(), &wants, claim.lease_us)
-                        .await;
-                    if claimed.is_err() {
-                        writer = None;
-                    }
-                    claimed
-                }
-                None => db.claim_due_for_each(&wants, claim.lease_us).await,
-            };
+            let taken = writer.as_mut().map(CloseUnlessSettled::conn);
+            let claimed = db
+                .claim_due_for_each_on(taken, &wants, claim.lease_us)
+                .await;
+            if claimed.is_err() {
+                writer = None;
+            }
             let _ = claim.answer.send(claimed);
         }
         if let Some(taken) = writer {
@@ -167,24 +162,23 @@ async fn record(
     disable_after_us: i64,
     on_written: &OnWritten,
 ) {
-    if let Some(taken) = writer.as_mut() {
-        match db
-            .record_attempts_on(taken.conn(), batch, disable_after_us)
-            .await
-        {
-            Ok(kept) => {
-                for (finished, kept) in batch.iter().zip(kept) {
-                    on_written(finished, Ok(kept));
+    let written = match writer.as_mut() {
+        Some(taken) => {
+            match db
+                .record_attempts_on(taken.conn(), batch, disable_after_us)
+                .await
+            {
+                Ok(kept) => Ok(kept),
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording attempts failed; retrying");
+                    *writer = None;
+                    write(db, batch, disable_after_us, 3).await
                 }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "recording attempts failed; retrying");
-                *writer = None;
             }
         }
-    }
-    match write(db, batch, disable_after_us, 3).await {
+        None => write(db, batch, disable_after_us, 3).await,
+    };
+    match written {
         Ok(kept) => {
             for (finished, kept) in batch.iter().zip(kept) {
                 on_written(finished, Ok(kept));

@@ -119,21 +119,30 @@ impl Db {
         wants: &[(&str, i64)],
         lease_us: i64,
     ) -> Result<Vec<Vec<Claimed>>, StoreError> {
-        let claimed = self.claim(None, &asks(wants), lease_us).await?;
-        Ok(by_callback(wants, claimed))
+        self.claim_due_for_each_on(None, wants, lease_us).await
     }
 
-    /// [`Db::claim_due_for_each`] on SQLite's writer, already taken (by the attempt log's
-    /// writer, between its writes). Should it fail, the caller closes the connection (see
-    /// [`super::sqlite_unflushed`]).
+    /// [`Db::claim_due_for_each`] on `writer`, SQLite's writer already taken (by the attempt
+    /// log's writer, between its writes), or else on a connection of its own. Should it
+    /// fail on `writer`, the caller closes that (see [`super::sqlite_unflushed`]).
     pub(crate) async fn claim_due_for_each_on(
         &self,
-        writer: &mut AnyConnection,
+        writer: Option<&mut AnyConnection>,
         wants: &[(&str, i64)],
         lease_us: i64,
     ) -> Result<Vec<Vec<Claimed>>, StoreError> {
-        let claimed = self.claim(Some(writer), &asks(wants), lease_us).await?;
-        Ok(by_callback(wants, claimed))
+        let asks: Vec<(Option<&str>, i64)> = wants.iter().map(|(c, n)| (Some(*c), *n)).collect();
+        let mut claimed = self.claim(writer, &asks, lease_us).await?;
+        Ok(wants
+            .iter()
+            .map(|(callback, _)| {
+                let (mine, rest) = std::mem::take(&mut claimed)
+                    .into_iter()
+                    .partition(|c| c.callback_id == *callback);
+                claimed = rest;
+                mine
+            })
+            .collect())
     }
 
     /// [`CLAIM`] with one branch per ask: a callback (or any) and how many of its due
@@ -467,25 +476,6 @@ fn kept(finished: &[Finished], rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<bool>
         .iter()
         .map(|f| moved.contains(&f.claimed.id))
         .collect())
-}
-
-/// A claim's asks, one per callback.
-fn asks<'a>(wants: &[(&'a str, i64)]) -> Vec<(Option<&'a str>, i64)> {
-    wants.iter().map(|(c, n)| (Some(*c), *n)).collect()
-}
-
-/// Each callback's claims, in the order `wants` asked.
-fn by_callback(wants: &[(&str, i64)], mut claimed: Vec<Claimed>) -> Vec<Vec<Claimed>> {
-    wants
-        .iter()
-        .map(|(callback, _)| {
-            let (mine, rest) = std::mem::take(&mut claimed)
-                .into_iter()
-                .partition(|c| c.callback_id == *callback);
-            claimed = rest;
-            mine
-        })
-        .collect()
 }
 
 /// Adds `value` to `args` and returns its parameter (`$N`).
