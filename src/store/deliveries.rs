@@ -515,7 +515,8 @@ fn headers_json(headers: &[(String, String)]) -> String {
 const UPDATE_CHUNK: usize = 64;
 const INSERT_CHUNK: usize = 32;
 
-/// Batches of up to this many insert chunks keep their prepared text (one per number).
+/// Batches of up to this many insert chunks keep their prepared text (a text per number of
+/// chunks).
 /// SQLite keeps a compiled program per text (up to 100 per connection), and those of rare
 /// large batches took 20 MiB.
 const KEPT_CHUNKS: usize = 2;
@@ -549,13 +550,8 @@ fn fence_and_advance(
             add(args, next_at)?;
             add(args, f.record.started_at)?;
         }
-        // Padding: NULLs typed as the rows' columns (PostgreSQL types a `VALUES` column by
-        // all its rows).
-        for _ in chunk.len()..rows {
-            (0..3).try_for_each(|_| add(args, None::<String>))?;
-            (0..2).try_for_each(|_| add(args, None::<i64>))?;
-        }
-        Ok(())
+        // Padding (SQLite only): rows of NULLs.
+        (chunk.len() * 5..rows * 5).try_for_each(|_| add(args, None::<String>))
     })
 }
 
@@ -564,17 +560,15 @@ fn insert_attempts(
     chunk: &[Finished],
     padded: bool,
 ) -> Result<(), sqlx::Error> {
-    let (rows, source) = match padded {
-        true => (
-            INSERT_CHUNK,
-            "SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL",
-        ),
-        false => (chunk.len(), "VALUES {}"),
+    let rows = if padded { INSERT_CHUNK } else { chunk.len() };
+    let list = values(rows, 12);
+    let source = match padded {
+        true => format!("SELECT * FROM (VALUES {list}) AS v WHERE v.column1 IS NOT NULL"),
+        false => format!("VALUES {list}"),
     };
     let sql = format!(
         "INSERT INTO attempts (delivery_id, attempt, started_at, duration_us, request_headers, request_body, \
-         response_status, response_headers, response_body, error_code, error_detail, succeeded) {}",
-        source.replace("{}", &values(rows, 12))
+         response_status, response_headers, response_body, error_code, error_detail, succeeded) {source}"
     );
     script.push(sql, |args| {
         for f in chunk {
@@ -592,15 +586,7 @@ fn insert_attempts(
             add(args, &a.error_detail)?;
             add(args, a.succeeded)?;
         }
-        for _ in chunk.len()..rows {
-            add(args, None::<String>)?;
-            (0..3).try_for_each(|_| add(args, None::<i64>))?;
-            (0..2).try_for_each(|_| add(args, None::<String>))?;
-            add(args, None::<i64>)?;
-            (0..4).try_for_each(|_| add(args, None::<String>))?;
-            add(args, None::<bool>)?;
-        }
-        Ok(())
+        (chunk.len() * 12..rows * 12).try_for_each(|_| add(args, None::<String>))
     })
 }
 
