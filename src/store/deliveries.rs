@@ -516,9 +516,8 @@ const UPDATE_CHUNK: usize = 64;
 const INSERT_CHUNK: usize = 32;
 
 /// Batches of up to this many insert chunks keep their prepared text (a text per number of
-/// chunks).
-/// SQLite keeps a compiled program per text (up to 100 per connection), and those of rare
-/// large batches took 20 MiB.
+/// chunks). SQLite keeps a compiled program per text (up to 100 per connection), and those
+/// of rare large batches took 20 MiB.
 const KEPT_CHUNKS: usize = 2;
 
 /// Moves each delivery of `chunk` still under its claim's lease to its next state, in one
@@ -528,6 +527,7 @@ fn fence_and_advance(
     chunk: &[Finished],
     padded: bool,
 ) -> Result<(), sqlx::Error> {
+    const WIDTH: usize = 5;
     let rows = if padded { UPDATE_CHUNK } else { chunk.len() };
     // A VALUES list names its columns column1, column2, ... on both backends.
     let sql = format!(
@@ -535,7 +535,7 @@ fn fence_and_advance(
          lease_token = NULL, lease_expires_at = NULL, last_attempt_at = v.column5, updated_at = v.column5 \
          FROM (VALUES {}) AS v WHERE deliveries.id = v.column1 AND deliveries.lease_token = v.column2 \
          AND deliveries.status IN ('pending', 'retrying') RETURNING id",
-        values(rows, 5)
+        values(rows, WIDTH)
     );
     script.push(sql, |args| {
         for f in chunk {
@@ -551,7 +551,7 @@ fn fence_and_advance(
             add(args, f.record.started_at)?;
         }
         // Padding (SQLite only): rows of NULLs.
-        (chunk.len() * 5..rows * 5).try_for_each(|_| add(args, None::<String>))
+        (chunk.len() * WIDTH..rows * WIDTH).try_for_each(|_| add(args, None::<String>))
     })
 }
 
@@ -560,8 +560,9 @@ fn insert_attempts(
     chunk: &[Finished],
     padded: bool,
 ) -> Result<(), sqlx::Error> {
+    const WIDTH: usize = 12;
     let rows = if padded { INSERT_CHUNK } else { chunk.len() };
-    let list = values(rows, 12);
+    let list = values(rows, WIDTH);
     let source = match padded {
         true => format!("SELECT * FROM (VALUES {list}) AS v WHERE v.column1 IS NOT NULL"),
         false => format!("VALUES {list}"),
@@ -586,7 +587,7 @@ fn insert_attempts(
             add(args, &a.error_detail)?;
             add(args, a.succeeded)?;
         }
-        (chunk.len() * 12..rows * 12).try_for_each(|_| add(args, None::<String>))
+        (chunk.len() * WIDTH..rows * WIDTH).try_for_each(|_| add(args, None::<String>))
     })
 }
 
