@@ -878,16 +878,19 @@ impl AttemptLog {
     }
 }
 
-/// Waits until no delivery is pending or retrying (one probe of the
-/// `deliveries_due_callback` index per callback, cheap to poll; a scan of `deliveries` every
-/// 20 ms would take a share of the database's time from what is measured); returns
-/// (succeeded, failed).
+/// Waits until no delivery is pending or retrying; returns (succeeded, failed).
+///
+/// The poll is one probe of the `deliveries_due_callback` index per callback (each
+/// callback's earliest open delivery, which both backends read off the index's first
+/// entry), cheap enough to run every 20 ms. Asked as `EXISTS`, PostgreSQL scanned the whole
+/// index every time (2-3 ms, a tenth of its time in the run), which the figures then paid.
 async fn wait_settled(db: &Db) -> Result<(i64, i64), BoxError> {
-    const OPEN: &str = "SELECT 1 FROM callbacks c WHERE EXISTS (SELECT 1 FROM deliveries d \
-         WHERE d.callback_id = c.id AND d.status IN ('pending', 'retrying')) LIMIT 1";
+    const OPEN: &str = "SELECT MIN((SELECT MIN(d.next_attempt_at) FROM deliveries d \
+         WHERE d.callback_id = c.id AND d.status IN ('pending', 'retrying'))) AS due FROM callbacks c";
     while sqlx::query(OPEN)
-        .fetch_optional(db.reader())
+        .fetch_one(db.reader())
         .await?
+        .try_get::<Option<i64>, _>("due")?
         .is_some()
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
