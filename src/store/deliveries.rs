@@ -448,7 +448,10 @@ impl Db {
             return Ok(counts);
         }
         let sql = format!(
-            "SELECT event_id, status, COUNT(*) AS n FROM deliveries WHERE event_id IN ({}) GROUP BY event_id, status",
+            "SELECT e.id AS event_id, d.status, COUNT(*) AS n FROM events e \
+             JOIN callbacks c ON c.marketplace_id = e.marketplace_id \
+             JOIN deliveries d ON d.id = e.id || '_' || c.id AND d.event_id = e.id \
+             WHERE e.id IN ({}) GROUP BY e.id, d.status",
             params(1, event_ids.len())
         );
         let mut query = sqlx::query(AssertSqlSafe(positional(sql, self.backend)));

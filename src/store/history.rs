@@ -104,11 +104,14 @@ impl Db {
         scope: &Scope,
         event_id: &str,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        self.event(scope, event_id).await?;
+        let (event, _) = self.event(scope, event_id).await?;
         let rows = sqlx::query(concat!(
             delivery_select!(),
-            " WHERE d.event_id = $1 ORDER BY d.callback_id"
+            " WHERE d.id IN (SELECT $1 || '_' || id FROM callbacks WHERE marketplace_id = $2) \
+             AND d.event_id = $3 ORDER BY d.callback_id"
         ))
+        .bind(event_id)
+        .bind(&event.marketplace_id)
         .bind(event_id)
         .fetch_all(self.reader())
         .await?;
@@ -124,8 +127,10 @@ impl Db {
     ) -> Result<DeliveryRow, StoreError> {
         let row = sqlx::query(concat!(
             delivery_select!(),
-            " WHERE d.event_id = $1 AND d.callback_id = $2 AND d.marketplace_id = COALESCE($3, d.marketplace_id)"
+            " WHERE d.id = $1 AND d.event_id = $2 AND d.callback_id = $3 \
+             AND d.marketplace_id = COALESCE($4, d.marketplace_id)"
         ))
+        .bind(format!("{event_id}_{callback_id}"))
         .bind(event_id)
         .bind(callback_id)
         .bind(scope.marketplace())

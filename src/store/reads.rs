@@ -183,7 +183,8 @@ impl Db {
         }
         if let Some(status) = &filter.delivery_status {
             filters.push((
-                "EXISTS (SELECT 1 FROM deliveries x WHERE x.event_id = events.id AND x.status =",
+                "EXISTS (SELECT 1 FROM callbacks c JOIN deliveries x ON x.id = events.id || '_' || c.id \
+                 WHERE c.marketplace_id = events.marketplace_id AND x.event_id = events.id AND x.status =",
                 Arg::Text(status.clone()),
             ));
         }
