@@ -89,6 +89,8 @@ where
                 .bind(event.entity.to_string());
         }
         insert.execute(&mut *conn).await?;
+        // A delivery's id is `{event}_{callback}`: an event's deliveries are read by it
+        // (`deliveries` has no index on `event_id`).
         let sql = format!(
             "INSERT INTO deliveries (id, event_id, callback_id, marketplace_id, status, attempts, schedule_start, \
              next_attempt_at, created_at, updated_at) \
