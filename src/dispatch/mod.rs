@@ -557,6 +557,11 @@ impl Dispatcher {
     }
 
     /// On PostgreSQL, a task that turns NOTIFYs on the deliveries table into wake-ups.
+    ///
+    /// A NOTIFY sent while the listener is not listening is lost: before its first `LISTEN`
+    /// and while its connection is made again after a loss (sqlx's `try_recv` then answers
+    /// `None`). Each time it listens again it wakes the dispatcher once too, so the work
+    /// committed meanwhile is claimed at once rather than at the next poll.
     fn listen(&self) -> Option<tokio::task::JoinHandle<()>> {
         if self.db.backend() != Backend::Postgres {
             return None;
@@ -568,7 +573,9 @@ impl Dispatcher {
                 match sqlx::postgres::PgListener::connect(&url).await {
                     Ok(mut listener) => {
                         if listener.listen("hookline_deliveries").await.is_ok() {
-                            while listener.recv().await.is_ok() {
+                            wake.notify_one();
+                            // A notification, or `None`: listening again after a loss.
+                            while listener.try_recv().await.is_ok() {
                                 wake.notify_one();
                             }
                         }
