@@ -596,15 +596,32 @@ mod nodelay {
 
 /// `$first, ..., $(first + count - 1)`: a list of numbered parameters.
 pub(crate) fn params(first: usize, count: usize) -> String {
-    let list: Vec<String> = (first..first + count).map(|i| format!("${i}")).collect();
-    list.join(", ")
+    let mut list = String::with_capacity(count * 6);
+    push_params(&mut list, first, count);
+    list
 }
 
 /// `($1, $2, ...), ($n, ...)`: `rows` rows of `width` numbered parameters, for a multi-row
-/// `VALUES` list.
+/// `VALUES` list. Written into one string: an attempt batch's statements have hundreds.
 pub(crate) fn values(rows: usize, width: usize) -> String {
-    let row = |r: usize| format!("({})", params(r * width + 1, width));
-    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+    let mut list = String::with_capacity(rows * (width * 6 + 4));
+    for row in 0..rows {
+        if row > 0 {
+            list.push_str(", ");
+        }
+        list.push('(');
+        push_params(&mut list, row * width + 1, width);
+        list.push(')');
+    }
+    list
+}
+
+fn push_params(list: &mut String, first: usize, count: usize) {
+    use std::fmt::Write;
+    for i in first..first + count {
+        let comma = if i > first { ", " } else { "" };
+        write!(list, "{comma}${i}").expect("writing to a String cannot fail");
+    }
 }
 
 /// `sql` as SQLite binds it fastest. SQLite binds a `$N` parameter by looking its name up in
@@ -676,11 +693,20 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::{
-        Backend, Db, DbOptions, SQLITE_ACQUIRE_TIMEOUT, SQLITE_UNITS_WAITING, Script, positional,
+        Backend, Db, DbOptions, SQLITE_ACQUIRE_TIMEOUT, SQLITE_UNITS_WAITING, Script, params,
+        positional, values,
     };
 
     fn on_sqlite(sql: &str) -> String {
         positional(sql.to_owned(), Backend::Sqlite)
+    }
+
+    #[test]
+    fn parameter_lists_are_numbered_in_order() {
+        assert_eq!(params(4, 3), "$4, $5, $6");
+        assert_eq!(params(1, 0), "");
+        assert_eq!(values(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(values(1, 1), "($1)");
     }
 
     #[test]
