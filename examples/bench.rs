@@ -19,6 +19,9 @@
 //! 2. **Throughput**: `--events` events through `hookline::store::outbox::enqueue_many`, by
 //!    `--writers` tasks committing `--tx-batch` events per transaction, while the dispatcher
 //!    runs. Deliveries per second = events x K / (first enqueue -> last delivery settled).
+//!    For scale, bare HTTP round trips follow (`--bare-seconds`): the dispatcher's HTTP
+//!    client alone, as many at once as phase 2's attempts, to receivers that answer at once,
+//!    with phase 2's mean body size; the table shows phase 2's rate as a share of theirs.
 //! 3. **Latency**: events at a fixed offered `--rate` (one per transaction) for
 //!    `--latency-seconds`; commit-to-receipt is measured from the moment `commit()` returned
 //!    to the first 2xx arrival of that delivery at its receiver (so failed first attempts count
@@ -37,13 +40,14 @@
 //!   `--hookline-bin PATH` (default: `target/release/hookline`, next to the `examples`
 //!   directory this benchmark runs from; `cargo build --release --bin hookline` first).
 //! - `--rate R`, `--latency-seconds S`: the fixed offered load of phase 3.
+//! - `--bare-seconds S`: how long the bare HTTP round trips run (0: not at all).
 //! - `--api-requests`, `--api-concurrency`, `--writers`, `--tx-batch`: load shape.
 //! - `--concurrency`, `--per-callback`, `--batch`, `--max-attempts`, `--db-connections`:
 //!   dispatcher and pool knobs (defaults are hookline's production defaults where one exists).
 //! - `--max-seconds T`: global deadline; when it passes the table is printed with what was
 //!   measured and the exit code is 1.
 //! - `--smoke`: tiny run for CI (caps events at 50, API requests at 20, rate at 50/s for 1 s,
-//!   the deadline at 60 s).
+//!   bare round trips at 0.2 s, the deadline at 60 s).
 //!
 //! Exit code: 0 when every phase completed, every attempt recorded in the database arrived
 //! at a receiver (and the reverse) and every signature verified; 1 otherwise.
@@ -62,6 +66,8 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use clap::Parser;
+use hookline::dispatch::client::{Client, Request};
+use hookline::dispatch::guard::Guard;
 use hookline::dispatch::schedule::RetrySchedule;
 use hookline::dispatch::{DispatchConfig, Dispatcher};
 use hookline::store::outbox::{self, NewEvent};
@@ -144,6 +150,9 @@ struct Args {
     /// PostgreSQL pool size per process.
     #[arg(long, default_value_t = DbOptions::default().max_connections)]
     db_connections: u32,
+    /// Length of the bare HTTP round trips run after phase 2, in seconds (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    bare_seconds: f64,
     /// Global deadline, in seconds.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
@@ -159,6 +168,7 @@ impl Args {
             self.api_requests = self.api_requests.min(20);
             self.rate = self.rate.min(50);
             self.latency_seconds = self.latency_seconds.min(1.0);
+            self.bare_seconds = self.bare_seconds.min(0.2);
             self.max_seconds = self.max_seconds.min(60);
         }
         self.callbacks = self.callbacks.max(1);
@@ -207,6 +217,8 @@ impl Args {
 #[derive(Default)]
 struct Stats {
     received: AtomicU64,
+    /// Request body bytes received, for the bare round trips' bodies.
+    body_bytes: AtomicU64,
     answered_ok: AtomicU64,
     answered_500: AtomicU64,
     bad_signature: AtomicU64,
@@ -425,6 +437,8 @@ async fn run(args: &Args, shared: &Arc<Shared>, tmp: &std::path::Path) -> Result
     let log_before = AttemptLog::read();
     let received = || shared.stats.received.load(Ordering::Relaxed);
     let received_before = received();
+    let body_bytes = || shared.stats.body_bytes.load(Ordering::Relaxed);
+    let body_bytes_before = body_bytes();
     let t = Instant::now();
     let enqueue_secs = enqueue_throughput(args, &db, &marketplace.id).await?;
     let received_while_enqueuing = received() - received_before;
@@ -486,6 +500,32 @@ async fn run(args: &Args, shared: &Arc<Shared>, tmp: &std::path::Path) -> Result
         ),
     );
 
+    // For scale: what this machine's loopback HTTP allows without the rest.
+    if args.bare_seconds > 0.0 {
+        let body = (body_bytes() - body_bytes_before) / (received() - received_before).max(1);
+        let cpu_before = cpu_seconds(shared);
+        let (trips, trip_secs) = bare_round_trips(args, body as usize).await?;
+        let cpu = cpu_seconds(shared) - cpu_before;
+        let bare = trips as f64 / trip_secs;
+        shared.row(
+            "  bare HTTP round trips/s, for scale",
+            format!(
+                "{bare:.0}  (CPU s per 1,000 {:.3}; phase 2 delivered {:.2} of that rate)",
+                cpu * 1000.0 / trips.max(1) as f64,
+                deliveries as f64 / secs / bare.max(1.0)
+            ),
+        );
+        shared.row(
+            "    how",
+            format!(
+                "hookline's HTTP client, {} at once to {} receivers that answer at once; {body} B bodies, phase 2's mean; {} s",
+                args.callbacks * args.per_callback,
+                args.callbacks,
+                args.bare_seconds,
+            ),
+        );
+    }
+
     // Phase 3: latency under a fixed offered load.
     let (offered, phase_secs) = latency_phase(args, shared, &db, &marketplace.id).await?;
     wait_settled(&db).await?;
@@ -499,6 +539,65 @@ async fn run(args: &Args, shared: &Arc<Shared>, tmp: &std::path::Path) -> Result
     );
     latency_rows(shared);
     Ok(())
+}
+
+/// After phase 2, for scale: POST round trips with the dispatcher's HTTP client, `--per-callback`
+/// at a time to each of K receivers that answer 200 at once (no signing, no verifying, no
+/// database), bodies of `body_bytes`, for `--bare-seconds`. Returns the round trips and the
+/// seconds they took.
+async fn bare_round_trips(args: &Args, body_bytes: usize) -> Result<(u64, f64), BoxError> {
+    let guard = Arc::new(Guard::new(vec!["127.0.0.0/8".parse()?]));
+    let timeout = args.request_timeout();
+    let client = Arc::new(Client::new(guard, timeout, timeout, args.per_callback)?);
+    let body: Arc<[u8]> = vec![b'x'; body_bytes].into();
+    let done = Arc::new(AtomicU64::new(0));
+    let mut servers = Vec::new();
+    let mut senders = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(args.bare_seconds);
+    for _ in 0..args.callbacks {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url: Arc<str> = format!("http://{}/bare", listener.local_addr()?).into();
+        let app = axum::Router::new().fallback(|_: Bytes| async { "ok" });
+        servers.push(tokio::spawn(
+            async move { axum::serve(listener, app).await },
+        ));
+        for _ in 0..args.per_callback {
+            let (client, url, body, done) =
+                (client.clone(), url.clone(), body.clone(), done.clone());
+            senders.spawn(async move {
+                let head = [("content-type".to_owned(), "application/json".to_owned())];
+                while Instant::now() < until {
+                    let request = Request {
+                        method: "post",
+                        url: &url,
+                        head_fields: &head,
+                        body: &body,
+                    };
+                    let answer = client.send(&request, 1024).await;
+                    if !matches!(answer, Ok(ref a) if a.status == 200) {
+                        return Err(format!("a bare round trip failed: {answer:?}"));
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut failed = None;
+    while let Some(sent) = senders.join_next().await {
+        if let Err(e) = sent? {
+            failed = Some(e);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    for server in servers {
+        server.abort();
+    }
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok((done.load(Ordering::Relaxed), secs)),
+    }
 }
 
 /// A fresh schema on the PostgreSQL server, as a URL whose search path is that schema.
@@ -577,6 +676,9 @@ async fn receiver(
         async move {
             let arrived = now_micros();
             stats.received.fetch_add(1, Ordering::Relaxed);
+            stats
+                .body_bytes
+                .fetch_add(body.len() as u64, Ordering::Relaxed);
             let Some(secret) = secret.get() else {
                 stats.bad_signature.fetch_add(1, Ordering::Relaxed);
                 return (StatusCode::SERVICE_UNAVAILABLE, "no secret yet");
