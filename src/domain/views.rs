@@ -1,5 +1,6 @@
 //! The JSON the API returns (and events carry): Balanced 1.1 shapes, built from stored rows.
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::input::Meta;
@@ -242,9 +243,109 @@ pub fn event(row: &EventRow, statuses: CallbackStatuses) -> Value {
     })
 }
 
+/// The body of an event's deliveries: the event as `GET /events/{id}` shows it ([`event`] in
+/// an [`envelope`]), serialized. The stored entity's JSON text goes in as it is, not parsed
+/// and written again: it was written from a JSON value, so that gives the same text, and
+/// every claimed batch builds its events' bodies anew (their `callback_statuses` change).
+pub fn event_body(row: &EventRow, statuses: CallbackStatuses) -> Vec<u8> {
+    // Fields in the order of their names, as a JSON value's map writes them.
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        events: [Event<'a>; 1],
+        links: Value,
+    }
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        callback_statuses: Statuses,
+        entity: &'a RawValue,
+        href: String,
+        id: &'a str,
+        links: Value,
+        occurred_at: String,
+        #[serde(rename = "type")]
+        event_type: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Statuses {
+        failed: i64,
+        pending: i64,
+        retrying: i64,
+        succeeded: i64,
+    }
+    let body = Body {
+        events: [Event {
+            callback_statuses: Statuses {
+                failed: statuses.failed,
+                pending: statuses.pending,
+                retrying: statuses.retrying,
+                succeeded: statuses.succeeded,
+            },
+            // As `event` has it: an entity that is not JSON shows as `null`.
+            entity: serde_json::from_str(&row.entity).unwrap_or(RawValue::NULL),
+            href: format!("/events/{}", row.id),
+            id: &row.id,
+            links: json!({}),
+            occurred_at: timestamp(row.occurred_at),
+            event_type: &row.event_type,
+        }],
+        links: collection_links("events"),
+    };
+    serde_json::to_vec(&body).expect("JSON values serialize")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `event_body` copies the stored entity text; parsing it into a value and writing the
+    /// envelope gives the same bytes, for entities as hookline stores them.
+    #[test]
+    fn event_bodies_are_the_event_as_get_shows_it() {
+        let entities = [
+            json!({"debits": [{"amount": 5000, "meta": {"z": "last", "a": "first"}}],
+                   "links": {"debits.order": "/orders/{debits.order}"}}),
+            json!({"text": "quote \" backslash \\ tab \t nl \n ctrl \u{1} é 💸 </script>",
+                   "float": 12.5, "big": 1e300, "neg": -0.001, "int": i64::MIN,
+                   "nested": [[], {}, [null, true, false]], "empty": ""}),
+            json!("a bare string"),
+            json!(null),
+        ];
+        let statuses = CallbackStatuses {
+            pending: 2,
+            retrying: 1,
+            succeeded: 7,
+            failed: 3,
+        };
+        for entity in entities {
+            let row = EventRow {
+                id: "EV1".to_owned(),
+                marketplace_id: "MP1".to_owned(),
+                event_type: "debit.succeeded".to_owned(),
+                entity_id: "WD1".to_owned(),
+                occurred_at: 1_418_762_696_396_221,
+                entity: entity.to_string(),
+            };
+            let parsed = envelope("events", vec![event(&row, statuses)], None);
+            let expected = serde_json::to_vec(&parsed).unwrap();
+            assert_eq!(
+                String::from_utf8(event_body(&row, statuses)).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+        // Text that is not JSON shows as null, both ways.
+        let row = EventRow {
+            id: "EV2".to_owned(),
+            marketplace_id: "MP1".to_owned(),
+            event_type: "debit.failed".to_owned(),
+            entity_id: "WD2".to_owned(),
+            occurred_at: 0,
+            entity: "{not json".to_owned(),
+        };
+        let parsed = envelope("events", vec![event(&row, statuses)], None);
+        let body: Value = serde_json::from_slice(&event_body(&row, statuses)).unwrap();
+        assert_eq!(body, parsed);
+        assert!(body["events"][0]["entity"].is_null());
+    }
 
     #[test]
     fn timestamps_are_utc_with_microseconds() {

@@ -346,9 +346,7 @@ impl Db {
         for row in rows {
             let event = rows::event(&row)?;
             let counts = statuses.remove(&event.id).unwrap_or_default();
-            let body = views::envelope("events", vec![views::event(&event, counts)], None);
-            let bytes = serde_json::to_vec(&body).expect("JSON values serialize");
-            bodies.insert(event.id, Bytes::from(bytes));
+            bodies.insert(event.id.clone(), Bytes::from(views::event_body(&event, counts)));
         }
         Ok(bodies)
     }
