@@ -262,13 +262,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn main() -> ExitCode {
     let args = Args::parse().effective();
-    // Logs only when asked (`RUST_LOG=sqlx=debug` shows every statement with its time).
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    // Logs as `hookline serve` has them by default (info, to standard error), so that the
+    // in-process dispatcher pays for its logging as it does there; `RUST_LOG` changes the
+    // level (`RUST_LOG=sqlx=debug` shows every statement with its time).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
