@@ -502,12 +502,13 @@ fn add<'q>(
     args.add(value).map_err(sqlx::Error::Encode)
 }
 
+/// Headers as stored: a JSON object, names in order, the last value of a repeated name.
 fn headers_json(headers: &[(String, String)]) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = headers
+    let map: std::collections::BTreeMap<&str, &str> = headers
         .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    serde_json::Value::Object(map).to_string()
+    serde_json::to_string(&map).expect("a map of strings serializes")
 }
 
 /// Rows per multi-row statement of an attempt batch: a few hundred parameters, which keeps
@@ -701,4 +702,25 @@ fn apply_health(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_stored_as_an_object_in_name_order_with_the_last_repeat() {
+        let headers = [
+            ("webhook-id", "msg_1"),
+            ("content-type", "application/json"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=\"2\""),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            headers_json(&headers),
+            r#"{"content-type":"application/json","set-cookie":"b=\"2\"","webhook-id":"msg_1"}"#
+        );
+        assert_eq!(headers_json(&[]), "{}");
+    }
 }
