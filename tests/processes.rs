@@ -14,6 +14,9 @@ use hookline::store::{Db, DbOptions};
 use serde_json::json;
 use sqlx::Row;
 
+#[path = "support/schema.rs"]
+mod schema;
+
 const POSTGRES_ENV: &str = "HOOKLINE_TEST_DATABASE_URL";
 
 /// Counts the requests per `webhook-id` a receiver got; answers 200 after `delay`.
@@ -396,19 +399,7 @@ async fn sqlite_killed_dispatcher_loses_nothing() {
 async fn postgres_url() -> String {
     let base =
         std::env::var(POSTGRES_ENV).expect("HOOKLINE_TEST_DATABASE_URL was set at build time");
-    let schema = format!("t_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&base)
-        .await
-        .expect("PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await
-        .expect("schema");
-    admin.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+    schema::fresh_schema(&base).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

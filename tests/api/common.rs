@@ -57,20 +57,7 @@ impl TestApp {
     pub async fn postgres() -> TestApp {
         let url = std::env::var(POSTGRES_ENV)
             .expect("HOOKLINE_TEST_DATABASE_URL was set when the tests were built; set it again to run them");
-        // A schema of its own per test, so tests run in parallel on one database.
-        let schema = format!("t_{}", ulid::Ulid::new().to_string().to_lowercase());
-        let admin = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&url)
-            .await
-            .expect("PostgreSQL named by HOOKLINE_TEST_DATABASE_URL must be reachable");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await
-            .expect("create a test schema");
-        admin.close().await;
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+        let url = crate::schema::fresh_schema(&url).await;
         Self::start(&url, None).await
     }
 

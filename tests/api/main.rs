@@ -6,6 +6,8 @@
 
 #[macro_use]
 mod common;
+#[path = "../support/schema.rs"]
+mod schema;
 
 mod atomicity;
 mod auth;
