@@ -147,7 +147,7 @@ pub fn attempt_recorded(outcome: &'static str, duration: Duration) {
     // buckets. Without an exporter task nothing else does, so one upkeep every
     // `UPKEEP_EVERY` attempts keeps memory bounded in a process that is never scraped. (Each
     // upkeep goes through every histogram: run for every attempt, it was about 2 % of the
-    // benchmark's CPU.)
+    // benchmark's CPU in perf.)
     const UPKEEP_EVERY: u64 = 1024;
     static COUNTED: AtomicU64 = AtomicU64::new(0);
     if COUNTED.fetch_add(1, Ordering::Relaxed) % UPKEEP_EVERY == UPKEEP_EVERY - 1 {

@@ -346,10 +346,8 @@ impl Db {
         for row in rows {
             let event = rows::event(&row)?;
             let counts = statuses.remove(&event.id).unwrap_or_default();
-            bodies.insert(
-                event.id.clone(),
-                Bytes::from(views::event_body(&event, counts)),
-            );
+            let body = views::event_body(&event, counts);
+            bodies.insert(event.id, Bytes::from(body));
         }
         Ok(bodies)
     }
