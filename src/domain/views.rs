@@ -72,13 +72,14 @@ pub struct CallbackRow {
     pub updated_at: i64,
 }
 
-/// How many of an event's deliveries are in each state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How many of an event's deliveries are in each state. Fields in name order, the order a
+/// JSON value's map writes them in, so that [`event_body`] serializes it as [`event`] does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CallbackStatuses {
+    pub failed: i64,
     pub pending: i64,
     pub retrying: i64,
     pub succeeded: i64,
-    pub failed: i64,
 }
 
 /// Microseconds since the epoch as ISO 8601 (`2014-12-16T20:44:56.396221Z`).
@@ -256,7 +257,7 @@ pub fn event_body(row: &EventRow, statuses: CallbackStatuses) -> Vec<u8> {
     }
     #[derive(serde::Serialize)]
     struct Event<'a> {
-        callback_statuses: Statuses,
+        callback_statuses: CallbackStatuses,
         entity: &'a RawValue,
         href: String,
         id: &'a str,
@@ -265,21 +266,9 @@ pub fn event_body(row: &EventRow, statuses: CallbackStatuses) -> Vec<u8> {
         #[serde(rename = "type")]
         event_type: &'a str,
     }
-    #[derive(serde::Serialize)]
-    struct Statuses {
-        failed: i64,
-        pending: i64,
-        retrying: i64,
-        succeeded: i64,
-    }
     let body = Body {
         events: [Event {
-            callback_statuses: Statuses {
-                failed: statuses.failed,
-                pending: statuses.pending,
-                retrying: statuses.retrying,
-                succeeded: statuses.succeeded,
-            },
+            callback_statuses: statuses,
             // As `event` has it: an entity that is not JSON shows as `null`.
             entity: serde_json::from_str(&row.entity).unwrap_or(RawValue::NULL),
             href: format!("/events/{}", row.id),
