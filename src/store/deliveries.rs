@@ -372,9 +372,10 @@ impl Db {
                 Ok(kept)
             }
             Backend::Sqlite => {
+                let moves = self.moves(finished)?;
                 let mut writer = self.sqlite_writer().await?;
                 let kept = self
-                    .record_attempts_on(writer.conn(), finished, disable_after_us)
+                    .record_attempts_on(writer.conn(), finished, moves, disable_after_us)
                     .await?;
                 writer.settled();
                 Ok(kept)
@@ -384,15 +385,17 @@ impl Db {
 
     /// [`Db::record_attempts`] on SQLite's writer, already taken. The transaction is two
     /// round trips to the writer's thread: the deliveries' moves and the attempts with its
-    /// `BEGIN`, then the callbacks' health with its `COMMIT`. Should it fail, the caller
-    /// closes the connection, which rolls the transaction back.
+    /// `BEGIN`, then the callbacks' health with its `COMMIT`. `moves` is [`Db::moves`] of
+    /// `finished`, built before the writer was taken, so that the writer does not wait for
+    /// it. Should it fail, the caller closes the connection, which rolls the transaction back.
     pub(crate) async fn record_attempts_on(
         &self,
         writer: &mut AnyConnection,
         finished: &[Finished],
+        moves: Script,
         disable_after_us: i64,
     ) -> Result<Vec<bool>, StoreError> {
-        let kept = kept(finished, self.moves(finished)?.run(&mut *writer).await?)?;
+        let kept = kept(finished, moves.run(&mut *writer).await?)?;
         let mut health = self.health(finished, &kept, disable_after_us)?;
         health.push("COMMIT".to_owned(), |_| Ok(()))?;
         health.run(writer).await?;
@@ -401,7 +404,7 @@ impl Db {
 
     /// Each delivery's move to its next state, fenced by its lease, and each attempt's row
     /// (on SQLite after the transaction's `BEGIN`).
-    fn moves(&self, finished: &[Finished]) -> Result<Script, sqlx::Error> {
+    pub(crate) fn moves(&self, finished: &[Finished]) -> Result<Script, sqlx::Error> {
         let mut moves = Script::new(self.backend);
         if self.backend == Backend::Sqlite {
             moves.push("BEGIN IMMEDIATE".to_owned(), |_| Ok(()))?;
