@@ -82,7 +82,8 @@ where
         // parameters bind in order across them), so a transaction holds the one writer for
         // less time; PostgreSQL takes one statement at a time.
         let joined = backend == Backend::Sqlite;
-        let first_id = if joined { 6 * chunk.len() + 1 } else { 1 };
+        // The number of the fan-out's first parameter (its events' ids).
+        let first_param = if joined { 6 * chunk.len() + 1 } else { 1 };
         // A delivery's id is `{event}_{callback}`: an event's deliveries are read by it
         // (`deliveries` has no index on `event_id`).
         let fan_out = format!(
@@ -93,7 +94,7 @@ where
              WHERE e.id IN ({}) AND c.enabled AND c.deleted_at IS NULL \
              AND (NOT EXISTS (SELECT 1 FROM callback_event_types t WHERE t.callback_id = c.id) \
                   OR EXISTS (SELECT 1 FROM callback_event_types t WHERE t.callback_id = c.id AND t.event_type = e.type))",
-            super::params(first_id, chunk.len())
+            super::params(first_param, chunk.len())
         );
         let sql = if joined {
             format!("{insert};\n{fan_out}")
@@ -110,6 +111,7 @@ where
                 .bind(event.occurred_at)
                 .bind(event.entity.to_string());
         }
+        // PostgreSQL: the events now, and the fan-out as a statement of its own.
         if !joined {
             query.execute(&mut *conn).await?;
             query = sqlx::query::<DB>(AssertSqlSafe(fan_out));
