@@ -762,6 +762,27 @@ mod tests {
             .expect("connect")
     }
 
+    /// The bundled SQLite is built as `.cargo/config.toml` asks: without memory statistics
+    /// or a page cache shared by every connection, each behind a lock of the whole process.
+    #[tokio::test]
+    async fn sqlite_is_built_without_its_process_wide_locks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sqlite(&dir).await;
+        let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
+            .fetch_all(db.reader())
+            .await
+            .expect("compile options");
+        assert!(
+            options.contains(&"DEFAULT_MEMSTATUS=0".to_owned()),
+            "{options:?}"
+        );
+        assert!(
+            !options.contains(&"ENABLE_MEMORY_MANAGEMENT".to_owned()),
+            "{options:?}"
+        );
+        db.close().await;
+    }
+
     /// SQLite: a claim that comes while units of work wait for the writer waits behind the
     /// one holding it and two more, not behind every one queued.
     #[tokio::test]
