@@ -42,8 +42,9 @@
 //! - `--rate R`, `--latency-seconds S`: the fixed offered load of phase 3.
 //! - `--bare-seconds S`: how long the bare HTTP round trips run (0: not at all).
 //! - `--api-requests`, `--api-concurrency`, `--writers`, `--tx-batch`: load shape.
-//! - `--concurrency`, `--per-callback`, `--batch`, `--max-attempts`, `--db-connections`:
-//!   dispatcher and pool knobs (defaults are hookline's production defaults where one exists).
+//! - `--concurrency`, `--per-callback`, `--batch`, `--max-attempts`, `--db-connections`,
+//!   `--worker-threads`: dispatcher, pool and runtime knobs (defaults are hookline's
+//!   production defaults where one exists).
 //! - `--max-seconds T`: global deadline; when it passes the table is printed with what was
 //!   measured and the exit code is 1.
 //! - `--smoke`: tiny run for CI (caps events at 50, API requests at 20, rate at 50/s for 1 s,
@@ -71,7 +72,7 @@ use hookline::dispatch::guard::Guard;
 use hookline::dispatch::schedule::RetrySchedule;
 use hookline::dispatch::{DispatchConfig, Dispatcher};
 use hookline::store::outbox::{self, NewEvent};
-use hookline::store::{Db, DbOptions, now_micros};
+use hookline::store::{Backend, Db, DbOptions, now_micros};
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -150,6 +151,10 @@ struct Args {
     /// PostgreSQL pool size per process.
     #[arg(long, default_value_t = DbOptions::default().max_connections)]
     db_connections: u32,
+    /// tokio's worker threads in this process (default: hookline's for the backend, see
+    /// `hookline --help`); given, also passed to dispatcher processes.
+    #[arg(long)]
+    worker_threads: Option<usize>,
     /// Length of the bare HTTP round trips run after phase 2, in seconds (0: none).
     #[arg(long, default_value_t = 1.0)]
     bare_seconds: f64,
@@ -182,6 +187,21 @@ impl Args {
 
     fn out_of_process(&self) -> bool {
         self.external || self.dispatchers > 1
+    }
+
+    fn backend(&self) -> Backend {
+        match self.database {
+            Some(_) => Backend::Postgres,
+            None => Backend::Sqlite,
+        }
+    }
+
+    /// This process's worker threads: as `hookline` would run on the same backend, unless
+    /// given.
+    fn worker_threads(&self) -> usize {
+        self.worker_threads
+            .unwrap_or_else(|| self.backend().default_worker_threads())
+            .max(1)
     }
 
     fn dispatch_config(&self) -> Result<DispatchConfig, BoxError> {
@@ -272,6 +292,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.worker_threads())
         .enable_all()
         .build()
     {
@@ -654,6 +675,12 @@ fn spawn_dispatcher(bin: &std::path::Path, url: &str, args: &Args) -> Result<Chi
         ])
         .args(["--shutdown-grace-secs", "1"])
         .args(["--db-max-connections", &args.db_connections.to_string()])
+        .args(
+            args.worker_threads
+                .map(|n| ["--worker-threads".to_owned(), n.max(1).to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .env("HOOKLINE_DATABASE_URL", url)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -1162,10 +1189,9 @@ async fn cleanup(shared: &Shared) {
 }
 
 fn print_table(args: &Args, shared: &Shared, complete: bool) {
-    let backend = if args.database.is_some() {
-        "postgres"
-    } else {
-        "sqlite"
+    let backend = match args.backend() {
+        Backend::Postgres => "postgres",
+        Backend::Sqlite => "sqlite",
     };
     let dispatch = if args.out_of_process() {
         format!("{} process(es)", args.dispatchers)
@@ -1176,8 +1202,14 @@ fn print_table(args: &Args, shared: &Shared, complete: bool) {
         (
             "setup".to_owned(),
             format!(
-                "{backend}, N={} K={} payload={} B delay={} ms fail={} dispatcher {dispatch}",
-                args.events, args.callbacks, args.payload_bytes, args.delay_ms, args.fail_rate
+                "{backend}, N={} K={} payload={} B delay={} ms fail={} dispatcher {dispatch}; \
+                 tokio workers: {}",
+                args.events,
+                args.callbacks,
+                args.payload_bytes,
+                args.delay_ms,
+                args.fail_rate,
+                args.worker_threads()
             ),
         ),
         (

@@ -74,6 +74,23 @@ pub struct Config {
         global = true
     )]
     pub db_max_connections: u32,
+
+    /// Threads running the API and the dispatcher (tokio's workers). Default: on SQLite one
+    /// fewer than the machine's cores (at least one), as SQLite's writer needs a core of its
+    /// own; on PostgreSQL every core (with PostgreSQL on the same machine, fewer may serve
+    /// better: README, Benchmark).
+    #[arg(long, env = "HOOKLINE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..), global = true)]
+    pub worker_threads: Option<u16>,
+}
+
+impl Config {
+    /// [`Config::worker_threads`], or the default for the database's backend.
+    pub fn worker_threads(&self) -> usize {
+        match self.worker_threads {
+            Some(n) => usize::from(n),
+            None => crate::store::Backend::of_url(&self.database_url).default_worker_threads(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

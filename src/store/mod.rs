@@ -50,6 +50,30 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// The backend a database URL names: `postgres://` (or `postgresql://`) is PostgreSQL;
+    /// anything else is SQLite (a `sqlite:` URL or a file path).
+    pub fn of_url(url: &str) -> Backend {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+
+    /// tokio's worker threads for a process on this backend, by default. On SQLite one fewer
+    /// than the machine's cores (at least one): SQLite's writer works on a thread of its own,
+    /// which every write and so every delivery waits on, and with a worker on each core it
+    /// waited for a core too (README, Benchmark). On PostgreSQL every core.
+    pub fn default_worker_threads(self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match self {
+            Backend::Sqlite => cores.saturating_sub(1).max(1),
+            Backend::Postgres => cores,
+        }
+    }
+}
+
 /// Whose data a call may see: one marketplace's, or (for the operator) every one's,
 /// optionally narrowed to one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +216,7 @@ impl Db {
     pub async fn connect(url: &str, options: &DbOptions) -> Result<Db, StoreError> {
         install_default_drivers();
         let turn = Arc::new(Semaphore::new(SQLITE_UNITS_WAITING));
-        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let db = if Backend::of_url(url) == Backend::Postgres {
             let pool = postgres_pool(options.max_connections, "")
                 .connect(url)
                 .await?;
@@ -760,6 +784,17 @@ mod tests {
         Db::connect(path.to_str().expect("utf-8"), &DbOptions::default())
             .await
             .expect("connect")
+    }
+
+    #[test]
+    fn the_url_names_the_backend_and_sqlite_leaves_its_writer_a_core() {
+        assert_eq!(Backend::of_url("postgres://u@h/db"), Backend::Postgres);
+        assert_eq!(Backend::of_url("postgresql://u@h/db"), Backend::Postgres);
+        assert_eq!(Backend::of_url("sqlite://x.db?mode=rwc"), Backend::Sqlite);
+        assert_eq!(Backend::of_url("hookline.db"), Backend::Sqlite);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(Backend::Postgres.default_worker_threads(), cores);
+        assert_eq!(Backend::Sqlite.default_worker_threads(), (cores - 1).max(1));
     }
 
     /// The bundled SQLite is built as `.cargo/config.toml` asks: without memory statistics
