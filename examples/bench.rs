@@ -140,7 +140,7 @@ struct Args {
     #[arg(long, default_value_t = 1024)]
     concurrency: usize,
     /// Dispatcher: attempts in flight per callback.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = DispatchConfig::default().per_callback)]
     per_callback: usize,
     /// Dispatcher: deliveries claimed per round trip.
     #[arg(long, default_value_t = 256)]

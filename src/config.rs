@@ -128,7 +128,7 @@ pub struct DispatchArgs {
     #[arg(long, env = "HOOKLINE_DISPATCH_CONCURRENCY", default_value_t = 1024)]
     pub dispatch_concurrency: usize,
     /// Attempts in flight at once to one callback (as many again may wait their turn).
-    #[arg(long, env = "HOOKLINE_DISPATCH_PER_CALLBACK", default_value_t = 32)]
+    #[arg(long, env = "HOOKLINE_DISPATCH_PER_CALLBACK", default_value_t = 64)]
     pub dispatch_per_callback: usize,
     /// Connect timeout per attempt, in ms.
     #[arg(long, env = "HOOKLINE_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
