@@ -84,7 +84,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// [`Config::worker_threads`], or the default for the database's backend.
+    /// The threads asked for with `--worker-threads`, or else the default for the
+    /// database's backend ([`crate::store::Backend::default_worker_threads`]).
     pub fn worker_threads(&self) -> usize {
         match self.worker_threads {
             Some(n) => usize::from(n),
