@@ -20,6 +20,7 @@ mod metrics;
 mod money;
 mod openapi;
 mod operations;
+mod plans;
 mod receiver;
 mod resources;
 mod schemas;
