@@ -291,11 +291,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.worker_threads())
-        .enable_all()
-        .build()
-    {
+    let runtime = match hookline::server::runtime(args.worker_threads()) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bench: no runtime: {e}");

@@ -20,7 +20,8 @@
 //! - [`observe`]: Prometheus metrics for `GET /metrics`: delivery attempts counted in
 //!   process, queue depth read from the database at scrape time.
 //! - [`config`]: every command-line flag and environment variable, with defaults.
-//! - [`server`]: running the API: first-start bootstrap and graceful shutdown.
+//! - [`server`]: the process's runtime, first-start bootstrap, and serving the API until a
+//!   signal.
 //! - `src/main.rs`: parses the configuration, starts logging, runs a subcommand.
 
 pub mod api;

@@ -25,11 +25,7 @@ fn main() -> std::process::ExitCode {
         return verify(args);
     }
     init_logging(cli.config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cli.config.worker_threads())
-        .enable_all()
-        .build();
-    let runtime = match runtime {
+    let runtime = match server::runtime(cli.config.worker_threads()) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("hookline: cannot start the runtime: {e}");
