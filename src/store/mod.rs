@@ -647,13 +647,18 @@ pub(crate) fn params(first: usize, count: usize) -> String {
 /// `($1, $2, ...), ($n, ...)`: `rows` rows of `width` numbered parameters, for a multi-row
 /// `VALUES` list. Written into one string: an attempt batch's statements have hundreds.
 pub(crate) fn values(rows: usize, width: usize) -> String {
+    values_from(1, rows, width)
+}
+
+/// [`values`] numbered from `$first`.
+pub(crate) fn values_from(first: usize, rows: usize, width: usize) -> String {
     let mut list = String::with_capacity(rows * (width * 6 + 4));
     for row in 0..rows {
         if row > 0 {
             list.push_str(", ");
         }
         list.push('(');
-        push_params(&mut list, row * width + 1, width);
+        push_params(&mut list, first + row * width, width);
         list.push(')');
     }
     list
@@ -737,7 +742,7 @@ mod tests {
 
     use super::{
         Backend, Db, DbOptions, SQLITE_ACQUIRE_TIMEOUT, SQLITE_UNITS_WAITING, Script, params,
-        positional, replan_now, values,
+        positional, replan_now, values, values_from,
     };
 
     fn on_sqlite(sql: &str) -> String {
@@ -775,6 +780,7 @@ mod tests {
         assert_eq!(params(1, 0), "");
         assert_eq!(values(2, 3), "($1, $2, $3), ($4, $5, $6)");
         assert_eq!(values(1, 1), "($1)");
+        assert_eq!(values_from(7, 2, 2), "($7, $8), ($9, $10)");
     }
 
     #[test]
