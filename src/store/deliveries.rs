@@ -402,30 +402,26 @@ impl Db {
         Ok(kept)
     }
 
-    /// Each delivery's move to its next state, fenced by its lease, and each attempt's row
-    /// (on SQLite after the transaction's `BEGIN`).
+    /// Each delivery's move to its next state, fenced by its lease, and each attempt's row:
+    /// on PostgreSQL one statement per chunk for both; on SQLite after the transaction's
+    /// `BEGIN`, each chunk's moves, then its rows.
     pub(crate) fn moves(&self, finished: &[Finished]) -> Result<Script, sqlx::Error> {
         let mut moves = Script::new(self.backend);
-        if self.backend == Backend::Sqlite {
-            moves.push("BEGIN IMMEDIATE".to_owned(), |_| Ok(()))?;
-        }
-        // On SQLite every statement has a chunk's full rows (padded), so a batch's text
-        // depends only on its number of chunks: the usual one or two are prepared once.
-        let padded = self.backend == Backend::Sqlite;
-        if finished.len() > KEPT_CHUNKS * INSERT_CHUNK {
-            moves.uncached();
-        }
         if self.backend == Backend::Postgres {
             for chunk in finished.chunks(UPDATE_CHUNK) {
                 fence_advance_and_log(&mut moves, chunk)?;
             }
             return Ok(moves);
         }
+        moves.push("BEGIN IMMEDIATE".to_owned(), |_| Ok(()))?;
+        if finished.len() > KEPT_CHUNKS * INSERT_CHUNK {
+            moves.uncached();
+        }
         for chunk in finished.chunks(UPDATE_CHUNK) {
-            fence_and_advance(&mut moves, chunk, padded)?;
+            fence_and_advance(&mut moves, chunk)?;
         }
         for chunk in finished.chunks(INSERT_CHUNK) {
-            insert_attempts(&mut moves, chunk, padded)?;
+            insert_attempts(&mut moves, chunk)?;
         }
         Ok(moves)
     }
@@ -523,7 +519,8 @@ fn headers_json(headers: &[(String, String)]) -> String {
 /// to the full rows with rows of NULLs, which no update matches and no insert keeps, so
 /// that each statement has one text: a text per batch size was prepared anew for most
 /// batches, about a tenth of SQLite's time in the benchmark. PostgreSQL gets the chunk's
-/// own rows, as its statements are not joined into one text.
+/// own rows, as its statements are not joined into one text; its chunks are of
+/// `UPDATE_CHUNK` attempts, each one statement of 17 parameters an attempt.
 const UPDATE_CHUNK: usize = 64;
 const INSERT_CHUNK: usize = 32;
 
@@ -532,40 +529,32 @@ const INSERT_CHUNK: usize = 32;
 /// of rare large batches took 20 MiB.
 const KEPT_CHUNKS: usize = 2;
 
-/// Moves each delivery of `chunk` still under its claim's lease to its next state, in one
-/// statement that returns the ids it moved.
-fn fence_and_advance(
-    script: &mut Script,
-    chunk: &[Finished],
-    padded: bool,
-) -> Result<(), sqlx::Error> {
-    let rows = if padded { UPDATE_CHUNK } else { chunk.len() };
+/// SQLite: moves each delivery of `chunk` still under its claim's lease to its next state,
+/// in one statement that returns the ids it moved. Padded to a full chunk.
+fn fence_and_advance(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::Error> {
+    let rows = UPDATE_CHUNK;
     script.push(fence_sql(&values(rows, FENCE_WIDTH)), |args| {
         bind_fence(args, chunk)?;
-        // Padding (SQLite only): rows of NULLs.
         (chunk.len() * FENCE_WIDTH..rows * FENCE_WIDTH).try_for_each(|_| add(args, None::<String>))
     })
 }
 
-fn insert_attempts(
-    script: &mut Script,
-    chunk: &[Finished],
-    padded: bool,
-) -> Result<(), sqlx::Error> {
-    let rows = if padded { INSERT_CHUNK } else { chunk.len() };
-    let list = values(rows, LOG_WIDTH);
-    let source = match padded {
-        true => format!("SELECT * FROM (VALUES {list}) AS v WHERE v.column1 IS NOT NULL"),
-        false => format!("VALUES {list}"),
-    };
+/// SQLite: the attempt rows of `chunk`, padded to a full chunk (the padding's rows are not
+/// kept).
+fn insert_attempts(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::Error> {
+    let rows = INSERT_CHUNK;
+    let source = format!(
+        "SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL",
+        values(rows, LOG_WIDTH)
+    );
     script.push(log_sql(&source), |args| {
         bind_log(args, chunk)?;
         (chunk.len() * LOG_WIDTH..rows * LOG_WIDTH).try_for_each(|_| add(args, None::<String>))
     })
 }
 
-/// PostgreSQL: [`fence_and_advance`] and [`insert_attempts`] of `chunk` in one statement,
-/// which returns the ids moved: a round trip for both instead of one each.
+/// PostgreSQL: the moves and the attempt rows of `chunk` (its own rows, unpadded) in one
+/// statement, which returns the ids moved: one round trip for both.
 fn fence_advance_and_log(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::Error> {
     let rows = chunk.len();
     let fence = fence_sql(&values(rows, FENCE_WIDTH));

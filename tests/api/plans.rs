@@ -41,33 +41,28 @@ async fn a_statement_prepared_on_an_empty_table_is_planned_again_once_it_has_gro
             .expect("the statement is prepared")
             .get::<i64, _>("custom_plans")
     };
-    for _ in 0..8 {
+    let run = || async {
         sqlx::query(statement)
             .bind("x")
             .execute(pool)
             .await
             .expect("count");
+    };
+    for _ in 0..8 {
+        run().await;
     }
     assert_eq!(custom_plans().await, 5, "then the generic plan");
     sqlx::query("INSERT INTO probe SELECT md5(g::text) FROM generate_series(1, 200000) g")
         .execute(pool)
         .await
         .expect("grow the table");
-    sqlx::query(statement)
-        .bind("x")
-        .execute(pool)
-        .await
-        .expect("count");
+    run().await;
     let before = custom_plans().await;
     // The connection is younger than `connected.elapsed()`: its next step comes within
     // 0.42 times its age, or at 0.7 s.
     let wait = connected.elapsed().mul_f64(0.5).max(Duration::from_secs(1));
     tokio::time::sleep(wait).await;
-    sqlx::query(statement)
-        .bind("x")
-        .execute(pool)
-        .await
-        .expect("count after a step");
+    run().await;
     let after = custom_plans().await;
     assert!(
         after > before,
