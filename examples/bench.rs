@@ -190,10 +190,9 @@ impl Args {
     }
 
     fn backend(&self) -> Backend {
-        match self.database {
-            Some(_) => Backend::Postgres,
-            None => Backend::Sqlite,
-        }
+        self.database
+            .as_deref()
+            .map_or(Backend::Sqlite, Backend::of_url)
     }
 
     /// This process's worker threads: as `hookline` would run on the same backend, unless

@@ -116,7 +116,7 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DispatchArgs {
     /// Deliveries claimed per round trip to the database.
-    #[arg(long, env = "HOOKLINE_DISPATCH_BATCH", default_value_t = 256)]
+    #[arg(long, env = "HOOKLINE_DISPATCH_BATCH", default_value_t = crate::dispatch::DispatchConfig::default().batch_size)]
     pub dispatch_batch: i64,
     /// How long a claim holds, in seconds; keep it above the request timeout.
     #[arg(long, env = "HOOKLINE_DISPATCH_LEASE_SECS", default_value_t = 60)]
@@ -126,10 +126,10 @@ pub struct DispatchArgs {
     pub dispatch_poll_ms: u64,
     /// Deliveries this process holds at once: attempts in flight, and claimed ones waiting
     /// for their callback's turn.
-    #[arg(long, env = "HOOKLINE_DISPATCH_CONCURRENCY", default_value_t = 1024)]
+    #[arg(long, env = "HOOKLINE_DISPATCH_CONCURRENCY", default_value_t = crate::dispatch::DispatchConfig::default().concurrency)]
     pub dispatch_concurrency: usize,
     /// Attempts in flight at once to one callback (as many again may wait their turn).
-    #[arg(long, env = "HOOKLINE_DISPATCH_PER_CALLBACK", default_value_t = 64)]
+    #[arg(long, env = "HOOKLINE_DISPATCH_PER_CALLBACK", default_value_t = crate::dispatch::DispatchConfig::default().per_callback)]
     pub dispatch_per_callback: usize,
     /// Connect timeout per attempt, in ms.
     #[arg(long, env = "HOOKLINE_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
