@@ -63,6 +63,17 @@ pub enum Next {
     GiveUp,
 }
 
+impl Next {
+    /// The delivery's status after the attempt, and when it is tried next.
+    fn state(&self) -> (&'static str, Option<i64>) {
+        match self {
+            Next::Succeeded => ("succeeded", None),
+            Next::RetryAt(at) => ("retrying", Some(*at)),
+            Next::GiveUp => ("failed", None),
+        }
+    }
+}
+
 /// What an attempt says about the callback's health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
@@ -363,12 +374,15 @@ impl Db {
     ) -> Result<Vec<bool>, StoreError> {
         match self.backend {
             Backend::Postgres => {
-                let mut tx = self.begin().await?;
-                let kept = kept(finished, self.moves(finished)?.run(&mut tx).await?)?;
-                self.health(finished, &kept, disable_after_us)?
-                    .run(&mut tx)
+                let (sql, args) = record(finished, now_micros(), disable_after_us)?;
+                let rows = sqlx::query_with(AssertSqlSafe(sql), args)
+                    .fetch_all(self.writer())
                     .await?;
-                tx.commit().await?;
+                let mut kept = vec![false; finished.len()];
+                for row in rows {
+                    let ord: i64 = row.try_get("ord")?;
+                    kept[ord as usize] = true;
+                }
                 Ok(kept)
             }
             Backend::Sqlite => {
@@ -402,17 +416,10 @@ impl Db {
         Ok(kept)
     }
 
-    /// Each delivery's move to its next state, fenced by its lease, and each attempt's row:
-    /// on PostgreSQL one statement per chunk for both; on SQLite after the transaction's
-    /// `BEGIN`, each chunk's moves, then its rows.
+    /// SQLite: each delivery's move to its next state, fenced by its lease, and each
+    /// attempt's row: after the transaction's `BEGIN`, each chunk's moves, then its rows.
     pub(crate) fn moves(&self, finished: &[Finished]) -> Result<Script, sqlx::Error> {
         let mut moves = Script::new(self.backend);
-        if self.backend == Backend::Postgres {
-            for chunk in finished.chunks(UPDATE_CHUNK) {
-                fence_advance_and_log(&mut moves, chunk)?;
-            }
-            return Ok(moves);
-        }
         moves.push("BEGIN IMMEDIATE".to_owned(), |_| Ok(()))?;
         if finished.len() > KEPT_CHUNKS * INSERT_CHUNK {
             moves.uncached();
@@ -514,15 +521,133 @@ fn headers_json(headers: &[(String, String)]) -> String {
     serde_json::to_string(&map).expect("a map of strings serializes")
 }
 
-/// Rows per multi-row statement of an attempt batch: a few hundred parameters, which keeps
-/// each statement's text and bound values small. On SQLite a shorter last chunk is padded
+/// SQLite: rows per multi-row statement of an attempt batch, a few hundred parameters,
+/// which keeps each statement's text and bound values small. A shorter last chunk is padded
 /// to the full rows with rows of NULLs, which no update matches and no insert keeps, so
 /// that each statement has one text: a text per batch size was prepared anew for most
-/// batches, about a tenth of SQLite's time in the benchmark. PostgreSQL gets the chunk's
-/// own rows, as its statements are not joined into one text; its chunks are of
-/// `UPDATE_CHUNK` attempts, each one statement of 17 parameters an attempt.
+/// batches, about a tenth of SQLite's time in the benchmark.
 const UPDATE_CHUNK: usize = 64;
 const INSERT_CHUNK: usize = 32;
+
+/// PostgreSQL: a batch of attempts recorded in one statement, which is its own transaction
+/// (one round trip; an explicit transaction took three more, and one per callback for its
+/// health). `{values}` is the batch's rows ([`record`]), padded to a power of two with
+/// rows of NULLs (which no update matches and no insert keeps), so that the statement has
+/// a few texts, each prepared once per connection; `$1` is the time, `$2` the time before
+/// which a run of failures turns its callback off, `$3` the reason given then. Returns the
+/// `ord` (index in the batch) of each attempt whose delivery moved.
+///
+/// A delivery is found by its id only: its status is checked as `NOT IN ('succeeded',
+/// 'failed')`, which PostgreSQL cannot read as the `deliveries_due_callback` index's
+/// predicate. Written as `IN ('pending', 'retrying')`, a table without statistics yet (a
+/// new one, growing) was read through that index whole, for each batch, and hashed.
+///
+/// It does what SQLite's transaction does ([`Db::moves`], then [`fold_health`] and
+/// [`apply_health`] on the attempts kept): each delivery moves to its next state if the
+/// attempt still holds its lease; every attempt is logged; each callback with attempts kept
+/// gets their health, folded in batch order (a success clears the failures before it, the
+/// failures after the last success start the callback's run of failures, the last
+/// `disable` reason turns it off). The callbacks are locked in id order, once the
+/// deliveries are moved, so two dispatchers' batches cannot deadlock on them.
+const RECORD: &str = "WITH v (ord, id, lease, status, next_at, callback_id, health, reason, attempt, started_at, \
+         duration_us, request_headers, request_body, response_status, response_headers, response_body, \
+         error_code, error_detail, succeeded) AS MATERIALIZED (VALUES {values}), \
+     moved AS (UPDATE deliveries d SET status = v.status, attempts = d.attempts + 1, \
+         next_attempt_at = v.next_at, lease_token = NULL, lease_expires_at = NULL, \
+         last_attempt_at = v.started_at, updated_at = v.started_at \
+         FROM v WHERE d.id = v.id AND d.lease_token = v.lease AND d.status NOT IN ('succeeded', 'failed') \
+         RETURNING v.ord), \
+     logged AS (INSERT INTO attempts (delivery_id, attempt, started_at, duration_us, request_headers, \
+         request_body, response_status, response_headers, response_body, error_code, error_detail, succeeded) \
+         SELECT id, attempt, started_at, duration_us, request_headers, request_body, response_status, \
+         response_headers, response_body, error_code, error_detail, succeeded FROM v WHERE id IS NOT NULL ORDER BY ord), \
+     kept AS (SELECT v.*, MAX(v.ord) FILTER (WHERE v.health = 'ok') OVER (PARTITION BY v.callback_id) AS last_ok \
+         FROM v JOIN moved ON moved.ord = v.ord), \
+     batch AS (SELECT callback_id, BOOL_OR(health = 'ok') AS succeeded, \
+         (ARRAY_AGG(started_at ORDER BY ord) FILTER (WHERE health <> 'ok' AND ord > COALESCE(last_ok, -1)))[1] \
+             AS failing_since, \
+         (ARRAY_AGG(reason ORDER BY ord DESC) FILTER (WHERE health = 'disable'))[1] AS reason \
+         FROM kept GROUP BY callback_id), \
+     locked AS (SELECT c.id, b.succeeded, b.reason, f.since, \
+         b.reason IS NULL AND c.enabled AND COALESCE(f.since <= $2, FALSE) AS overdue \
+         FROM callbacks c JOIN batch b ON b.callback_id = c.id, \
+         LATERAL (SELECT CASE WHEN b.succeeded THEN b.failing_since \
+             ELSE COALESCE(c.failing_since, b.failing_since) END AS since) f \
+         ORDER BY c.id FOR NO KEY UPDATE OF c), \
+     health AS (UPDATE callbacks c SET \
+         last_success_at = CASE WHEN l.succeeded THEN $1 ELSE c.last_success_at END, \
+         failing_since = l.since, \
+         enabled = c.enabled AND l.reason IS NULL AND NOT l.overdue, \
+         disabled_reason = CASE WHEN l.reason IS NOT NULL THEN l.reason WHEN l.overdue THEN $3 \
+             ELSE c.disabled_reason END, \
+         updated_at = CASE WHEN l.reason IS NOT NULL OR l.overdue THEN $1 ELSE c.updated_at END \
+         FROM locked l WHERE c.id = l.id) \
+     SELECT ord FROM moved";
+
+/// The type of each column of a [`RECORD`] row, in order: `i` bigint, `t` text, `b` boolean.
+const RECORD_TYPES: &str = "itttitttiiittittttb";
+const RECORD_WIDTH: usize = RECORD_TYPES.len();
+
+/// [`RECORD`] for `finished`, padded: one statement and its arguments.
+fn record(
+    finished: &[Finished],
+    now: i64,
+    disable_after_us: i64,
+) -> Result<(String, AnyArguments), sqlx::Error> {
+    let rows = finished.len().next_power_of_two();
+    let mut args = AnyArguments::default();
+    add(&mut args, now)?;
+    add(&mut args, now - disable_after_us)?;
+    add(&mut args, window_reason(disable_after_us))?;
+    for (ord, f) in finished.iter().enumerate() {
+        let (status, next_at) = f.next.state();
+        let (health, reason) = match &f.health {
+            Health::Ok => ("ok", None),
+            Health::Failing => ("failing", None),
+            Health::Disable(reason) => ("disable", Some(reason.as_str())),
+        };
+        let a = &f.record;
+        add(&mut args, ord as i64)?;
+        add(&mut args, &f.claimed.id)?;
+        add(&mut args, &f.claimed.lease_token)?;
+        add(&mut args, status)?;
+        add(&mut args, next_at)?;
+        add(&mut args, &f.claimed.callback_id)?;
+        add(&mut args, health)?;
+        add(&mut args, reason)?;
+        add(&mut args, f.claimed.attempts + 1)?;
+        add(&mut args, a.started_at)?;
+        add(&mut args, a.duration_us)?;
+        add(&mut args, headers_json(&a.request_headers))?;
+        add(&mut args, &a.request_body)?;
+        add(&mut args, a.response_status)?;
+        add(&mut args, a.response_headers.as_deref().map(headers_json))?;
+        add(&mut args, &a.response_body)?;
+        add(&mut args, a.error_code)?;
+        add(&mut args, &a.error_detail)?;
+        add(&mut args, a.succeeded)?;
+    }
+    // Padding: NULLs of each column's type, as PostgreSQL types a VALUES column by all its rows.
+    for _ in finished.len()..rows {
+        for kind in RECORD_TYPES.bytes() {
+            match kind {
+                b'i' => add(&mut args, None::<i64>)?,
+                b't' => add(&mut args, None::<String>)?,
+                _ => add(&mut args, None::<bool>)?,
+            }
+        }
+    }
+    let values = values_from(4, rows, RECORD_WIDTH);
+    Ok((RECORD.replace("{values}", &values), args))
+}
+
+/// Why a callback with no success for `disable_after_us` was turned off.
+fn window_reason(disable_after_us: i64) -> String {
+    format!(
+        "no successful delivery for {} s (the disable window)",
+        disable_after_us / 1_000_000
+    )
+}
 
 /// Batches of up to this many insert chunks keep their prepared text (a text per number of
 /// chunks). SQLite keeps a compiled program per text (up to 100 per connection), and those
@@ -553,22 +678,6 @@ fn insert_attempts(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::
     })
 }
 
-/// PostgreSQL: the moves and the attempt rows of `chunk` (its own rows, unpadded) in one
-/// statement, which returns the ids moved: one round trip for both.
-fn fence_advance_and_log(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::Error> {
-    let rows = chunk.len();
-    let fence = fence_sql(&values(rows, FENCE_WIDTH));
-    let log = log_sql(&format!(
-        "VALUES {}",
-        values_from(rows * FENCE_WIDTH + 1, rows, LOG_WIDTH)
-    ));
-    let sql = format!("WITH moved AS ({fence}), logged AS ({log}) SELECT id FROM moved");
-    script.push(sql, |args| {
-        bind_fence(args, chunk)?;
-        bind_log(args, chunk)
-    })
-}
-
 /// The fenced update of a chunk whose rows of [`FENCE_WIDTH`] parameters are `values`. A
 /// VALUES list names its columns column1, column2, ... on both backends.
 fn fence_sql(values: &str) -> String {
@@ -584,11 +693,7 @@ const FENCE_WIDTH: usize = 5;
 
 fn bind_fence(args: &mut AnyArguments, chunk: &[Finished]) -> Result<(), sqlx::Error> {
     for f in chunk {
-        let (status, next_at) = match f.next {
-            Next::Succeeded => ("succeeded", None),
-            Next::RetryAt(at) => ("retrying", Some(at)),
-            Next::GiveUp => ("failed", None),
-        };
+        let (status, next_at) = f.next.state();
         add(args, &f.claimed.id)?;
         add(args, &f.claimed.lease_token)?;
         add(args, status)?;
@@ -718,13 +823,7 @@ fn apply_health(
              WHERE id = $3 AND enabled AND failing_since <= $4"
                 .to_owned(),
             |args| {
-                add(
-                    args,
-                    format!(
-                        "no successful delivery for {} s (the disable window)",
-                        disable_after_us / 1_000_000
-                    ),
-                )?;
+                add(args, window_reason(disable_after_us))?;
                 add(args, now)?;
                 add(args, callback)?;
                 add(args, now - disable_after_us)?;

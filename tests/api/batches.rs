@@ -199,6 +199,126 @@ async fn one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health(
     );
 }
 
+/// Three callbacks' attempts in one batch: each callback's health is folded in the batch's
+/// order, over the attempts that kept their lease (SQLite folds it in Rust, PostgreSQL in
+/// the batch's one statement; both must agree).
+async fn a_batch_folds_each_callbacks_health_in_order_over_the_attempts_kept(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let mut callbacks = Vec::new();
+    for path in ["a", "b", "c"] {
+        let url = format!("{}/{path}", receiver.url);
+        callbacks.push(register_order_created(&app, &url).await.0);
+    }
+    for _ in 0..5 {
+        app.order().await;
+    }
+    let claimed = app.db.claim_due(100, 60_000_000).await.expect("claim");
+    let of = |callback: &str| -> Vec<Claimed> {
+        let mut own: Vec<Claimed> = claimed
+            .iter()
+            .filter(|c| c.callback_id == callback)
+            .cloned()
+            .collect();
+        own.sort_by(|x, y| x.id.cmp(&y.id));
+        own
+    };
+    let (a, b, c) = (of(&callbacks[0]), of(&callbacks[1]), of(&callbacks[2]));
+    assert_eq!((a.len(), b.len(), c.len()), (5, 5, 5));
+    // c's last claim loses its lease to a newer claim before its failure is written.
+    app.db.release(&c[4..]).await.expect("release");
+    assert_eq!(
+        app.db
+            .claim_due(10, 60_000_000)
+            .await
+            .expect("reclaim")
+            .len(),
+        1
+    );
+    let t = now_micros() - 1_000_000;
+    let attempt = |claimed: &Claimed, at: i64, health: Health| {
+        let ok = health == Health::Ok;
+        Finished {
+            claimed: claimed.clone(),
+            record: AttemptRecord {
+                started_at: at,
+                ..attempt_record(if ok { 200 } else { 500 }, ok)
+            },
+            next: if ok {
+                Next::Succeeded
+            } else {
+                Next::RetryAt(t + 60_000_000)
+            },
+            health,
+        }
+    };
+    let batch = [
+        attempt(&a[0], t, Health::Failing),
+        attempt(&b[0], t + 1, Health::Disable("410 Gone".into())),
+        attempt(&a[1], t + 2, Health::Ok),
+        attempt(&c[0], t + 3, Health::Ok),
+        // a's run of failures starts after its last success.
+        attempt(&a[2], t + 4, Health::Failing),
+        attempt(&a[3], t + 5, Health::Failing),
+        // A success after the 410 does not turn b on again.
+        attempt(&b[1], t + 6, Health::Ok),
+        // Fenced out: c is not failing.
+        attempt(&c[4], t + 7, Health::Failing),
+    ];
+    let kept = app
+        .db
+        .record_attempts(&batch, i64::MAX / 2)
+        .await
+        .expect("record");
+    assert_eq!(kept, [true, true, true, true, true, true, true, false]);
+    let health = |id: &str| {
+        let id = id.to_owned();
+        let db = app.db.clone();
+        async move {
+            let row = sqlx::query(
+                "SELECT CASE WHEN enabled THEN 'on' ELSE 'off' END AS enabled, disabled_reason, \
+                 last_success_at, failing_since FROM callbacks WHERE id = $1",
+            )
+            .bind(&id)
+            .fetch_one(db.reader())
+            .await
+            .expect("callback");
+            (
+                row.get::<String, _>("enabled") == "on",
+                row.get::<Option<String>, _>("disabled_reason"),
+                row.get::<Option<i64>, _>("last_success_at").is_some(),
+                row.get::<Option<i64>, _>("failing_since"),
+            )
+        }
+    };
+    assert_eq!(health(&callbacks[0]).await, (true, None, true, Some(t + 4)));
+    assert_eq!(
+        health(&callbacks[1]).await,
+        (false, Some("410 Gone".to_owned()), true, None)
+    );
+    assert_eq!(health(&callbacks[2]).await, (true, None, true, None));
+
+    // A later failure of a: its run of failures still started at the earlier one.
+    let kept = app
+        .db
+        .record_attempts(&[attempt(&a[4], t + 8, Health::Failing)], i64::MAX / 2)
+        .await
+        .expect("record a's failure");
+    assert_eq!(kept, [true]);
+    assert_eq!(health(&callbacks[0]).await, (true, None, true, Some(t + 4)));
+    // c fails with a disable window shorter than its run of failures: turned off.
+    let kept = app
+        .db
+        .record_attempts(&[attempt(&c[1], t + 9, Health::Failing)], 500_000)
+        .await
+        .expect("record c's failure");
+    assert_eq!(kept, [true]);
+    let reason = "no successful delivery for 0 s (the disable window)".to_owned();
+    assert_eq!(
+        health(&callbacks[2]).await,
+        (false, Some(reason), true, Some(t + 9))
+    );
+}
+
 async fn a_busy_callback_is_refilled_by_claims_of_its_own(app: TestApp) {
     let mut receiver = Receiver::start(Answer::Status(200)).await;
     let (callback, _) = register_order_created(&app, &receiver.url).await;
@@ -439,6 +559,7 @@ async fn a_batch_of_many_chunks_is_written_whole(app: TestApp) {
 on_both_backends!(
     enqueue_many_fans_each_event_out_to_the_callbacks_that_want_it,
     one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health,
+    a_batch_folds_each_callbacks_health_in_order_over_the_attempts_kept,
     a_refused_batch_of_attempts_leaves_nothing_and_the_writer_goes_on,
     a_batch_of_many_chunks_is_written_whole,
     a_busy_callback_is_refilled_by_claims_of_its_own,
