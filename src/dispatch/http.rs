@@ -80,7 +80,7 @@ pub async fn attempt(
                 .and_then(|(_, value)| parse_retry_after(value));
             record.response_status = Some(i64::from(response.status));
             record.response_headers = Some(response.headers);
-            record.response_body = Some(String::from_utf8_lossy(&response.body).into_owned());
+            record.response_body = Some(loggable(&response.body));
             if response.truncated {
                 record.error_code = Some("body-too-large");
                 record.error_detail = Some(format!(
@@ -127,4 +127,11 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let secs = (when.timestamp() - chrono::Utc::now().timestamp()).max(0);
     Some(Duration::from_secs(secs as u64))
+}
+
+/// A receiver's body as the attempt log keeps it: text, with U+FFFD for each byte sequence
+/// that is not UTF-8 and for each NUL (which PostgreSQL's text cannot hold: an attempt with
+/// one would be refused, and missing from the log).
+fn loggable(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).replace('\0', "\u{fffd}")
 }

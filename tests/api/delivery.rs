@@ -855,7 +855,31 @@ async fn work_of_turned_off_callbacks_is_not_due(app: TestApp) {
     );
 }
 
+/// A receiver's answer is logged as text whatever its bytes: PostgreSQL's text holds no NUL
+/// and no invalid UTF-8, and an attempt refused by the database would not be in the log.
+async fn an_answer_of_any_bytes_is_logged(app: TestApp) {
+    let receiver = Receiver::start(Answer::Body(b"ok\0then \xff\xfe end")).await;
+    register_order_created(&app, &receiver.url).await;
+    app.order().await;
+    Dispatcher::new(app.db.clone(), fast())
+        .run_once()
+        .await
+        .expect("a step");
+    let row = sqlx::query(
+        "SELECT a.response_body, d.status FROM attempts a JOIN deliveries d ON d.id = a.delivery_id",
+    )
+    .fetch_one(app.db.reader())
+    .await
+    .expect("the attempt is logged");
+    assert_eq!(
+        row.get::<String, _>("response_body"),
+        "ok\u{fffd}then \u{fffd}\u{fffd} end"
+    );
+    assert_eq!(row.get::<String, _>("status"), "succeeded");
+}
+
 on_both_backends!(
+    an_answer_of_any_bytes_is_logged,
     deleting_a_callback_stops_an_attempt_in_flight_from_rescheduling,
     work_of_turned_off_callbacks_is_not_due,
     callbacks_are_created_shown_listed_and_deleted,

@@ -39,6 +39,8 @@ pub enum Answer {
     WithHeaders(u16, Vec<(&'static str, String)>),
     /// 200 with a body of this many bytes.
     Big(usize),
+    /// 200 with this body.
+    Body(&'static [u8]),
     /// Never answer.
     Hang,
 }
@@ -117,6 +119,7 @@ async fn respond(answer: Answer) -> Response {
             response
         }
         Answer::Big(n) => (StatusCode::OK, "x".repeat(n)).into_response(),
+        Answer::Body(body) => (StatusCode::OK, body).into_response(),
         Answer::Hang => {
             std::future::pending::<()>().await;
             StatusCode::OK.into_response()
