@@ -549,7 +549,7 @@ const INSERT_CHUNK: usize = 32;
 /// failures after the last success start the callback's run of failures, the last
 /// `disable` reason turns it off). The callbacks are locked in id order, once the
 /// deliveries are moved, so two dispatchers' batches cannot deadlock on them.
-const RECORD: &str = "WITH v (ord, id, lease, status, next_at, callback_id, health, reason, attempt, started_at, \
+const RECORD: &str = "WITH v (ord, lease, status, next_at, callback_id, health, reason, id, attempt, started_at, \
          duration_us, request_headers, request_body, response_status, response_headers, response_body, \
          error_code, error_detail, succeeded) AS MATERIALIZED (VALUES {values}), \
      moved AS (UPDATE deliveries d SET status = v.status, attempts = d.attempts + 1, \
@@ -585,8 +585,10 @@ const RECORD: &str = "WITH v (ord, id, lease, status, next_at, callback_id, heal
      SELECT ord FROM moved";
 
 /// The type of each column of a [`RECORD`] row, in order: `i` bigint, `t` text, `b` boolean.
-const RECORD_TYPES: &str = "itttitttiiittittttb";
+/// The last [`LOG_WIDTH`] are the attempt's row, as [`bind_log`] binds it.
+const RECORD_TYPES: &str = "ittittttiiittittttb";
 const RECORD_WIDTH: usize = RECORD_TYPES.len();
+const _: () = assert!(RECORD_WIDTH == 7 + LOG_WIDTH);
 
 /// [`RECORD`] for `finished`, padded: one statement and its arguments.
 fn record(
@@ -606,26 +608,14 @@ fn record(
             Health::Failing => ("failing", None),
             Health::Disable(reason) => ("disable", Some(reason.as_str())),
         };
-        let a = &f.record;
         add(&mut args, ord as i64)?;
-        add(&mut args, &f.claimed.id)?;
         add(&mut args, &f.claimed.lease_token)?;
         add(&mut args, status)?;
         add(&mut args, next_at)?;
         add(&mut args, &f.claimed.callback_id)?;
         add(&mut args, health)?;
         add(&mut args, reason)?;
-        add(&mut args, f.claimed.attempts + 1)?;
-        add(&mut args, a.started_at)?;
-        add(&mut args, a.duration_us)?;
-        add(&mut args, headers_json(&a.request_headers))?;
-        add(&mut args, &a.request_body)?;
-        add(&mut args, a.response_status)?;
-        add(&mut args, a.response_headers.as_deref().map(headers_json))?;
-        add(&mut args, &a.response_body)?;
-        add(&mut args, a.error_code)?;
-        add(&mut args, &a.error_detail)?;
-        add(&mut args, a.succeeded)?;
+        bind_log(&mut args, std::slice::from_ref(f))?;
     }
     // Padding: NULLs of each column's type, as PostgreSQL types a VALUES column by all its rows.
     for _ in finished.len()..rows {
