@@ -419,7 +419,7 @@ impl Db {
     /// SQLite: each delivery's move to its next state, fenced by its lease, and each
     /// attempt's row: after the transaction's `BEGIN`, each chunk's moves, then its rows.
     pub(crate) fn moves(&self, finished: &[Finished]) -> Result<Script, sqlx::Error> {
-        let mut moves = Script::new(self.backend);
+        let mut moves = Script::new();
         moves.push("BEGIN IMMEDIATE".to_owned(), |_| Ok(()))?;
         if finished.len() > KEPT_CHUNKS * INSERT_CHUNK {
             moves.uncached();
@@ -441,7 +441,7 @@ impl Db {
         disable_after_us: i64,
     ) -> Result<Script, sqlx::Error> {
         let now = now_micros();
-        let mut health = Script::new(self.backend);
+        let mut health = Script::new();
         let fenced = finished.iter().zip(kept).filter(|(_, k)| **k);
         for (callback, batch) in fold_health(fenced.map(|(f, _)| f)) {
             apply_health(&mut health, &callback, &batch, now, disable_after_us)?;
@@ -645,12 +645,28 @@ fn window_reason(disable_after_us: i64) -> String {
 const KEPT_CHUNKS: usize = 2;
 
 /// SQLite: moves each delivery of `chunk` still under its claim's lease to its next state,
-/// in one statement that returns the ids it moved. Padded to a full chunk.
+/// in one statement that returns the ids it moved. Padded to a full chunk. A VALUES list
+/// names its columns column1, column2, ...
 fn fence_and_advance(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::Error> {
+    const WIDTH: usize = 5;
     let rows = UPDATE_CHUNK;
-    script.push(fence_sql(&values(rows, FENCE_WIDTH)), |args| {
-        bind_fence(args, chunk)?;
-        (chunk.len() * FENCE_WIDTH..rows * FENCE_WIDTH).try_for_each(|_| add(args, None::<String>))
+    let sql = format!(
+        "UPDATE deliveries SET status = v.column3, attempts = attempts + 1, next_attempt_at = v.column4, \
+         lease_token = NULL, lease_expires_at = NULL, last_attempt_at = v.column5, updated_at = v.column5 \
+         FROM (VALUES {}) AS v WHERE deliveries.id = v.column1 AND deliveries.lease_token = v.column2 \
+         AND deliveries.status IN ('pending', 'retrying') RETURNING id",
+        values(rows, WIDTH)
+    );
+    script.push(sql, |args| {
+        for f in chunk {
+            let (status, next_at) = f.next.state();
+            add(args, &f.claimed.id)?;
+            add(args, &f.claimed.lease_token)?;
+            add(args, status)?;
+            add(args, next_at)?;
+            add(args, f.record.started_at)?;
+        }
+        (chunk.len() * WIDTH..rows * WIDTH).try_for_each(|_| add(args, None::<String>))
     })
 }
 
@@ -658,49 +674,19 @@ fn fence_and_advance(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx
 /// kept).
 fn insert_attempts(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::Error> {
     let rows = INSERT_CHUNK;
-    let source = format!(
-        "SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL",
+    let sql = format!(
+        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_us, request_headers, request_body, \
+         response_status, response_headers, response_body, error_code, error_detail, succeeded) \
+         SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL",
         values(rows, LOG_WIDTH)
     );
-    script.push(log_sql(&source), |args| {
+    script.push(sql, |args| {
         bind_log(args, chunk)?;
         (chunk.len() * LOG_WIDTH..rows * LOG_WIDTH).try_for_each(|_| add(args, None::<String>))
     })
 }
 
-/// The fenced update of a chunk whose rows of [`FENCE_WIDTH`] parameters are `values`. A
-/// VALUES list names its columns column1, column2, ... on both backends.
-fn fence_sql(values: &str) -> String {
-    format!(
-        "UPDATE deliveries SET status = v.column3, attempts = attempts + 1, next_attempt_at = v.column4, \
-         lease_token = NULL, lease_expires_at = NULL, last_attempt_at = v.column5, updated_at = v.column5 \
-         FROM (VALUES {values}) AS v WHERE deliveries.id = v.column1 AND deliveries.lease_token = v.column2 \
-         AND deliveries.status IN ('pending', 'retrying') RETURNING id"
-    )
-}
-
-const FENCE_WIDTH: usize = 5;
-
-fn bind_fence(args: &mut AnyArguments, chunk: &[Finished]) -> Result<(), sqlx::Error> {
-    for f in chunk {
-        let (status, next_at) = f.next.state();
-        add(args, &f.claimed.id)?;
-        add(args, &f.claimed.lease_token)?;
-        add(args, status)?;
-        add(args, next_at)?;
-        add(args, f.record.started_at)?;
-    }
-    Ok(())
-}
-
-/// The attempt rows' insert, from `source` (rows of [`LOG_WIDTH`] parameters).
-fn log_sql(source: &str) -> String {
-    format!(
-        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_us, request_headers, request_body, \
-         response_status, response_headers, response_body, error_code, error_detail, succeeded) {source}"
-    )
-}
-
+/// Parameters of an attempt's row in the log, as [`bind_log`] binds them.
 const LOG_WIDTH: usize = 12;
 
 fn bind_log(args: &mut AnyArguments, chunk: &[Finished]) -> Result<(), sqlx::Error> {

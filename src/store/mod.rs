@@ -451,28 +451,28 @@ impl Drop for CloseUnlessSettled {
     }
 }
 
-/// Statements run one after another. On PostgreSQL each is sent alone, with its own
-/// parameters. On SQLite all are joined into one text, sent in one round trip to the
-/// connection's thread (its parameters bind in order across the statements), so the
-/// connection is not left waiting between statements for the task that sends them.
+/// SQLite statements run one after another, joined into one text and sent in one round
+/// trip to the connection's thread (their parameters bind in order across the
+/// statements), so the connection is not left waiting between statements for the task that
+/// sends them.
 pub(crate) struct Script {
-    backend: Backend,
-    /// PostgreSQL: one entry per statement. SQLite: at most one, every statement joined.
-    parts: Vec<(String, AnyArguments)>,
-    /// SQLite keeps the joined text prepared for its next run.
+    /// Every statement, joined.
+    text: String,
+    args: AnyArguments,
+    /// Keep the joined text prepared for its next run.
     cached: bool,
 }
 
 impl Script {
-    pub(crate) fn new(backend: Backend) -> Script {
+    pub(crate) fn new() -> Script {
         Script {
-            backend,
-            parts: Vec::new(),
+            text: String::new(),
+            args: AnyArguments::default(),
             cached: true,
         }
     }
 
-    /// On SQLite, prepares the joined text for this run alone instead of keeping it. For a
+    /// Prepares the joined text for this run alone instead of keeping it. For a
     /// text seldom sent again: SQLite keeps a compiled program per text (up to 100 per
     /// connection), and those of large batches' texts took 20 MiB.
     pub(crate) fn uncached(&mut self) {
@@ -480,50 +480,32 @@ impl Script {
     }
 
     /// Appends a statement whose parameters are `$1, $2, ...`, each once and in that order
-    /// (on SQLite they become positional, see [`positional`]); `bind` adds their values.
+    /// (they become positional, see [`positional`]); `bind` adds their values.
     pub(crate) fn push(
         &mut self,
         sql: String,
         bind: impl FnOnce(&mut AnyArguments) -> Result<(), sqlx::Error>,
     ) -> Result<(), sqlx::Error> {
-        match self.backend {
-            Backend::Postgres => {
-                let mut args = AnyArguments::default();
-                bind(&mut args)?;
-                self.parts.push((sql, args));
-            }
-            Backend::Sqlite => {
-                if self.parts.is_empty() {
-                    self.parts.push((String::new(), AnyArguments::default()));
-                }
-                // A `$N` left in a joined text would bind the whole text's Nth value.
-                let sql = only_positional(&sql).ok_or_else(|| {
-                    sqlx::Error::Protocol(format!("not positional, cannot be joined: {sql}"))
-                })?;
-                let (text, args) = &mut self.parts[0];
-                if !text.is_empty() {
-                    text.push_str(";\n");
-                }
-                text.push_str(&sql);
-                bind(args)?;
-            }
+        // A `$N` left in a joined text would bind the whole text's Nth value.
+        let sql = only_positional(&sql).ok_or_else(|| {
+            sqlx::Error::Protocol(format!("not positional, cannot be joined: {sql}"))
+        })?;
+        if !self.text.is_empty() {
+            self.text.push_str(";\n");
         }
-        Ok(())
+        self.text.push_str(&sql);
+        bind(&mut self.args)
     }
 
     /// Runs every statement on `conn`; returns the rows they returned, in order.
     pub(crate) async fn run(self, conn: &mut AnyConnection) -> Result<Vec<AnyRow>, sqlx::Error> {
-        let cached = self.cached || self.backend == Backend::Postgres;
-        let mut rows = Vec::new();
-        for (sql, args) in self.parts {
-            rows.extend(
-                sqlx::query_with(AssertSqlSafe(sql), args)
-                    .persistent(cached)
-                    .fetch_all(&mut *conn)
-                    .await?,
-            );
+        if self.text.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(rows)
+        sqlx::query_with(AssertSqlSafe(self.text), self.args)
+            .persistent(self.cached)
+            .fetch_all(conn)
+            .await
     }
 }
 
@@ -814,7 +796,7 @@ mod tests {
 
     #[test]
     fn a_sqlite_script_refuses_a_statement_it_cannot_join() {
-        let mut script = Script::new(Backend::Sqlite);
+        let mut script = Script::new();
         script
             .push("SELECT $1, $2".to_owned(), |_| Ok(()))
             .expect("in order");
@@ -822,10 +804,6 @@ mod tests {
             script.push("SELECT $2, $1".to_owned(), |_| Ok(())).is_err(),
             "its $2 would bind the whole text's second value"
         );
-        let mut script = Script::new(Backend::Postgres);
-        script
-            .push("SELECT $2, $1".to_owned(), |_| Ok(()))
-            .expect("sent alone on PostgreSQL");
     }
 
     /// A SQLite connection to a fresh file in `dir`.
