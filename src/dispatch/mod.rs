@@ -34,7 +34,9 @@ use ipnet::IpNet;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::store::deliveries::{Claimed, Finished, Health, MAX_CLAIM_CALLBACKS, Next, Target};
+use crate::store::deliveries::{
+    Claimed, Finished, Health, Inputs, MAX_CLAIM_CALLBACKS, Next, Target,
+};
 use crate::store::{Backend, Db, StoreError, now_micros};
 use guard::Guard;
 use recorder::Recorder;
@@ -160,10 +162,11 @@ impl Lane {
     }
 }
 
-/// A claimed delivery with what its attempt sends, or why nothing can be sent.
+/// A claimed delivery with what its attempt sends (`None`: its callback or its event could
+/// not be read).
 struct Job {
     claimed: Claimed,
-    request: Result<(Arc<Target>, Bytes), &'static str>,
+    request: Option<(Arc<Target>, Bytes)>,
 }
 
 /// What a round of claims brought back.
@@ -210,6 +213,7 @@ impl Dispatcher {
         let mut held: HashMap<String, Claimed> = HashMap::new();
         let mut discover = true;
         let mut next_look = tokio::time::Instant::now();
+        self.db.open_dispatch_connections().await;
         tracing::info!("dispatcher running");
         loop {
             while let Ok(id) = done_rx.try_recv() {
@@ -358,11 +362,20 @@ impl Dispatcher {
             room -= want;
             asks.push((callback, want as i64));
         }
-        let got = match self.db.backend() {
-            _ if asks.is_empty() => Vec::new(),
-            // SQLite's one write connection: the claim takes the attempt log's next turn.
-            Backend::Sqlite => recorder.claim(&asks, lease).await?,
-            Backend::Postgres => self.db.claim_due_for_each(&asks, lease).await?,
+        let (got, inputs) = match self.db.backend() {
+            _ if asks.is_empty() => (Vec::new(), Inputs::default()),
+            // SQLite's one write connection: the claim takes the attempt log's next turn,
+            // and what the attempts send is read after it, on the readers.
+            Backend::Sqlite => {
+                let got = recorder.claim(&asks, lease).await?;
+                let inputs = self.db.inputs(got.iter().flatten()).await;
+                let inputs = inputs.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "reading what a batch of attempts needs failed");
+                    Inputs::default()
+                });
+                (got, inputs)
+            }
+            Backend::Postgres => self.db.claim_due_for_each_with_inputs(&asks, lease).await?,
         };
         let mut claimed = Vec::new();
         let (mut busy, mut drained) = (Vec::new(), Vec::new());
@@ -375,11 +388,6 @@ impl Dispatcher {
             claims.claimed += got.len();
             claimed.extend(got);
         }
-        let inputs = if claimed.is_empty() {
-            Inputs::Unreadable
-        } else {
-            self.inputs(&claimed).await
-        };
         let mut start = Vec::new();
         {
             let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
@@ -483,44 +491,22 @@ impl Dispatcher {
         )
     }
 
-    /// The targets and event bodies of a batch, read at the same time.
-    async fn inputs(&self, batch: &[Claimed]) -> Inputs {
-        let (mut callbacks, mut events): (Vec<&str>, Vec<&str>) = batch
-            .iter()
-            .map(|c| (c.callback_id.as_str(), c.event_id.as_str()))
-            .unzip();
-        callbacks.sort_unstable();
-        callbacks.dedup();
-        events.sort_unstable();
-        events.dedup();
-        let read = async {
-            let (targets, bodies) =
-                tokio::try_join!(self.db.targets(&callbacks), self.db.event_bodies(&events))?;
-            let targets = targets.into_iter().map(|(k, v)| (k, Arc::new(v)));
-            Ok::<_, StoreError>(Inputs::Read {
-                targets: targets.collect(),
-                bodies,
-            })
-        };
-        read.await.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "reading what a batch of attempts needs failed");
-            Inputs::Unreadable
-        })
-    }
-
     /// One attempt of one delivery, recorded by the attempt log's writer.
     async fn deliver(&self, job: Job, recorder: &Recorder) {
         let Job { claimed, request } = job;
         let (record, answer) = match request {
-            Ok((target, body)) => {
+            Some((target, body)) => {
                 let max = self.config.max_response_bytes;
                 http::attempt(&self.client, &target, &claimed.id, body, max).await
             }
             // Nothing was sent, but the attempt counts and is recorded, so a lasting fault
             // runs out of retries instead of spinning.
-            Err(why) => {
-                attempt_span(&claimed)
-                    .in_scope(|| tracing::error!("preparing a delivery attempt failed: {why}"));
+            None => {
+                attempt_span(&claimed).in_scope(|| {
+                    tracing::error!(
+                        "preparing a delivery attempt failed: its callback or event could not be read"
+                    )
+                });
                 let detail = "hookline could not prepare the request; see its logs".to_owned();
                 (http::not_sent("internal", detail), None)
             }
@@ -575,32 +561,6 @@ impl Dispatcher {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }))
-    }
-}
-
-/// What a batch of attempts sends: each callback's target and each event's body.
-enum Inputs {
-    Read {
-        targets: HashMap<String, Arc<Target>>,
-        bodies: HashMap<String, Bytes>,
-    },
-    Unreadable,
-}
-
-impl Inputs {
-    fn request(&self, claimed: &Claimed) -> Result<(Arc<Target>, Bytes), &'static str> {
-        match self {
-            Inputs::Read { targets, bodies } => {
-                match (
-                    targets.get(&claimed.callback_id),
-                    bodies.get(&claimed.event_id),
-                ) {
-                    (Some(target), Some(body)) => Ok((target.clone(), body.clone())),
-                    _ => Err("its callback or event could not be read"),
-                }
-            }
-            Inputs::Unreadable => Err("the database could not be read"),
-        }
     }
 }
 

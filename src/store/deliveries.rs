@@ -3,9 +3,10 @@
 //! many in one transaction, each fenced by its lease.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use sqlx::any::AnyArguments;
+use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Any, AnyConnection, Arguments, AssertSqlSafe, Encode, Row, Type};
 
 use super::rows::{self, event_columns};
@@ -36,6 +37,22 @@ pub struct Target {
     /// Every secret that signs now: the current one, and the previous one during its grace
     /// period after a rotation.
     pub secrets: Vec<String>,
+}
+
+/// What a batch of claimed deliveries sends: each callback's target and each event's body.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub targets: HashMap<String, Arc<Target>>,
+    pub bodies: HashMap<String, Bytes>,
+}
+
+impl Inputs {
+    /// What `claimed`'s attempt sends, if its callback and its event were read.
+    pub fn request(&self, claimed: &Claimed) -> Option<(Arc<Target>, Bytes)> {
+        let target = self.targets.get(&claimed.callback_id)?;
+        let body = self.bodies.get(&claimed.event_id)?;
+        Some((target.clone(), body.clone()))
+    }
 }
 
 /// What one attempt sent and got, for the attempt log.
@@ -112,13 +129,39 @@ const CLAIM: &str = "UPDATE deliveries SET lease_token = $1, lease_expires_at = 
      WHERE id IN ({branches}) \
      RETURNING id, event_id, callback_id, attempts, schedule_base, schedule_start";
 
+/// How many of an event's deliveries are in each state, for its body's `callback_statuses`:
+/// the columns `pending`, `retrying`, `succeeded` and `failed`, read from `events e` (its
+/// deliveries are found by id, one probe per callback of its marketplace).
+const STATUS_COUNTS: &str = "COUNT(CASE WHEN d.status = 'pending' THEN 1 END) AS pending, \
+     COUNT(CASE WHEN d.status = 'retrying' THEN 1 END) AS retrying, \
+     COUNT(CASE WHEN d.status = 'succeeded' THEN 1 END) AS succeeded, \
+     COUNT(CASE WHEN d.status = 'failed' THEN 1 END) AS failed \
+     FROM events e JOIN callbacks c ON c.marketplace_id = e.marketplace_id \
+     JOIN deliveries d ON d.id = e.id || '_' || c.id AND d.event_id = e.id";
+
+/// A [`CLAIM`] (`{claim}`) on PostgreSQL with what its attempts send, in the same statement
+/// and snapshot: each delivery claimed with its event, its event's deliveries counted by
+/// state (before the claim's update, which changes no state), and its callback's target.
+/// Left joins: a delivery claimed whose event or callback cannot be read still comes back,
+/// and its attempt is recorded as not sent.
+const CLAIM_WITH_INPUTS: &str = "WITH claimed AS ({claim}), \
+     counted AS MATERIALIZED (SELECT k.event_id, n.* FROM (SELECT DISTINCT event_id FROM claimed) k \
+        CROSS JOIN LATERAL (SELECT {counts} WHERE e.id = k.event_id) n) \
+     SELECT cl.*, e.marketplace_id, e.type, e.entity_id, e.occurred_at, e.entity, \
+     n.pending, n.retrying, n.succeeded, n.failed, \
+     cb.url, cb.method, cb.secret, cb.previous_secret, cb.previous_secret_expires_at \
+     FROM claimed cl LEFT JOIN events e ON e.id = cl.event_id \
+     LEFT JOIN counted n ON n.event_id = cl.event_id LEFT JOIN callbacks cb ON cb.id = cl.callback_id";
+
 /// The most callbacks one claim statement asks for (two parameters each).
 pub const MAX_CLAIM_CALLBACKS: usize = 100;
 
 impl Db {
     /// Claims up to `limit` due deliveries of any callback for `lease_us`, oldest due first.
     pub async fn claim_due(&self, limit: i64, lease_us: i64) -> Result<Vec<Claimed>, StoreError> {
-        self.claim(None, &[(None, limit)], lease_us).await
+        let (sql, args, token) = self.claim_statement(&[(None, limit)], lease_us)?;
+        let rows = self.fetch_unflushed(&sql, args).await?;
+        rows.iter().map(|r| Ok(claimed(r, &token)?)).collect()
     }
 
     /// For each `(callback, limit)`, claims up to `limit` of that callback's due deliveries,
@@ -142,36 +185,69 @@ impl Db {
         wants: &[(&str, i64)],
         lease_us: i64,
     ) -> Result<Vec<Vec<Claimed>>, StoreError> {
-        let asks: Vec<(Option<&str>, i64)> = wants.iter().map(|(c, n)| (Some(*c), *n)).collect();
-        let mut claimed = self.claim(writer, &asks, lease_us).await?;
-        Ok(wants
+        let (sql, args, token) = self.claim_statement(&asks(wants), lease_us)?;
+        let rows = match writer {
+            Some(writer) => super::sqlite_unflushed(writer, &sql, args).await?,
+            None => self.fetch_unflushed(&sql, args).await?,
+        };
+        let claimed = rows
             .iter()
-            .map(|(callback, _)| {
-                let (mine, rest) = std::mem::take(&mut claimed)
-                    .into_iter()
-                    .partition(|c| c.callback_id == *callback);
-                claimed = rest;
-                mine
-            })
-            .collect())
+            .map(|r| claimed(r, &token))
+            .collect::<Result<_, _>>()?;
+        Ok(per_callback(wants, claimed))
     }
 
-    /// [`CLAIM`] with one branch per ask: a callback (or any) and how many of its due
-    /// deliveries to take, on `writer` (SQLite's, already taken) or on a connection of its
-    /// own. Its commit does not wait for the disk ([`Db::fetch_unflushed`]).
-    async fn claim(
+    /// [`Db::claim_due_for_each`], and what the attempts send ([`Db::inputs`]). On
+    /// PostgreSQL one statement claims and reads (one round trip fewer between new work
+    /// and its first attempt); on SQLite the reads follow the claim.
+    pub async fn claim_due_for_each_with_inputs(
         &self,
-        writer: Option<&mut AnyConnection>,
+        wants: &[(&str, i64)],
+        lease_us: i64,
+    ) -> Result<(Vec<Vec<Claimed>>, Inputs), StoreError> {
+        if self.backend == Backend::Sqlite {
+            let claimed = self.claim_due_for_each(wants, lease_us).await?;
+            let inputs = self.inputs(claimed.iter().flatten()).await?;
+            return Ok((claimed, inputs));
+        }
+        let (claim, args, token) = self.claim_statement(&asks(wants), lease_us)?;
+        let sql = CLAIM_WITH_INPUTS
+            .replace("{claim}", &claim)
+            .replace("{counts}", STATUS_COUNTS);
+        let now = now_micros();
+        let mut claims = Vec::new();
+        let mut inputs = Inputs::default();
+        for row in self.fetch_unflushed(&sql, args).await? {
+            let claimed = claimed(&row, &token)?;
+            if !inputs.targets.contains_key(&claimed.callback_id)
+                && let Some(target) = target(&row, now)?
+            {
+                let id = claimed.callback_id.clone();
+                inputs.targets.insert(id, Arc::new(target));
+            }
+            if !inputs.bodies.contains_key(&claimed.event_id)
+                && row.try_get::<Option<String>, _>("entity")?.is_some()
+            {
+                let event = rows::event_with_id(&row, "event_id")?;
+                let body = views::event_body(&event, statuses(&row)?);
+                inputs.bodies.insert(event.id, Bytes::from(body));
+            }
+            claims.push(claimed);
+        }
+        Ok((per_callback(wants, claims), inputs))
+    }
+
+    /// A claim: [`CLAIM`] with one branch per ask, a callback (or any) and how many of its
+    /// due deliveries to take. Returns the statement, its parameters and the lease token.
+    fn claim_statement(
+        &self,
         asks: &[(Option<&str>, i64)],
         lease_us: i64,
-    ) -> Result<Vec<Claimed>, StoreError> {
+    ) -> Result<(String, AnyArguments, String), sqlx::Error> {
         assert!(
-            asks.len() <= MAX_CLAIM_CALLBACKS,
-            "too many callbacks for one claim"
+            !asks.is_empty() && asks.len() <= MAX_CLAIM_CALLBACKS,
+            "a claim asks for 1 to {MAX_CLAIM_CALLBACKS} callbacks"
         );
-        if asks.is_empty() {
-            return Ok(Vec::new());
-        }
         let lock = match self.backend {
             Backend::Sqlite => "",
             Backend::Postgres => "FOR UPDATE OF d SKIP LOCKED",
@@ -208,24 +284,7 @@ impl Db {
             );
         }
         let sql = CLAIM.replace("{branches}", &branches.join(" UNION ALL "));
-        let sql = positional(sql, self.backend);
-        let rows = match writer {
-            Some(writer) => super::sqlite_unflushed(writer, &sql, args).await?,
-            None => self.fetch_unflushed(&sql, args).await?,
-        };
-        rows.iter()
-            .map(|r| {
-                Ok(Claimed {
-                    id: r.try_get("id")?,
-                    event_id: r.try_get("event_id")?,
-                    callback_id: r.try_get("callback_id")?,
-                    attempts: r.try_get("attempts")?,
-                    schedule_base: r.try_get("schedule_base")?,
-                    schedule_start: r.try_get("schedule_start")?,
-                    lease_token: token.clone(),
-                })
-            })
-            .collect()
+        Ok((positional(sql, self.backend), args, token))
     }
 
     /// The enabled callbacks with due work, but those in `skip`: one probe of the
@@ -293,6 +352,28 @@ impl Db {
         })
     }
 
+    /// What `claimed`'s attempts send, read now: their callbacks' targets and their events'
+    /// bodies, side by side.
+    pub async fn inputs<'c>(
+        &self,
+        claimed: impl Iterator<Item = &'c Claimed>,
+    ) -> Result<Inputs, StoreError> {
+        let (mut callbacks, mut events): (Vec<&str>, Vec<&str>) = claimed
+            .map(|c| (c.callback_id.as_str(), c.event_id.as_str()))
+            .unzip();
+        callbacks.sort_unstable();
+        callbacks.dedup();
+        events.sort_unstable();
+        events.dedup();
+        let (targets, bodies) =
+            tokio::try_join!(self.targets(&callbacks), self.event_bodies(&events))?;
+        let targets = targets.into_iter().map(|(k, v)| (k, Arc::new(v)));
+        Ok(Inputs {
+            targets: targets.collect(),
+            bodies,
+        })
+    }
+
     /// The URL, method and signing secrets of each callback, as they are now.
     pub async fn targets(
         &self,
@@ -313,20 +394,9 @@ impl Db {
         }
         let now = now_micros();
         for row in query.fetch_all(self.reader()).await? {
-            let mut secrets = vec![row.try_get::<String, _>("secret")?];
-            let previous: Option<String> = row.try_get("previous_secret")?;
-            let until: Option<i64> = row.try_get("previous_secret_expires_at")?;
-            if let (Some(previous), Some(until)) = (previous, until)
-                && until > now
-            {
-                secrets.push(previous);
+            if let Some(target) = target(&row, now)? {
+                targets.insert(row.try_get("id")?, target);
             }
-            let target = Target {
-                url: row.try_get("url")?,
-                method: row.try_get("method")?,
-                secrets,
-            };
-            targets.insert(row.try_get("id")?, target);
         }
         Ok(targets)
     }
@@ -454,15 +524,12 @@ impl Db {
         &self,
         event_ids: &[&str],
     ) -> Result<HashMap<String, CallbackStatuses>, StoreError> {
-        let mut counts: HashMap<String, CallbackStatuses> = HashMap::new();
+        let mut counts = HashMap::new();
         if event_ids.is_empty() {
             return Ok(counts);
         }
         let sql = format!(
-            "SELECT e.id AS event_id, d.status, COUNT(*) AS n FROM events e \
-             JOIN callbacks c ON c.marketplace_id = e.marketplace_id \
-             JOIN deliveries d ON d.id = e.id || '_' || c.id AND d.event_id = e.id \
-             WHERE e.id IN ({}) GROUP BY e.id, d.status",
+            "SELECT e.id AS event_id, {STATUS_COUNTS} WHERE e.id IN ({}) GROUP BY e.id",
             params(1, event_ids.len())
         );
         let mut query = sqlx::query(AssertSqlSafe(positional(sql, self.backend)));
@@ -470,17 +537,73 @@ impl Db {
             query = query.bind(*id);
         }
         for row in query.fetch_all(self.reader()).await? {
-            let entry = counts.entry(row.try_get("event_id")?).or_default();
-            let n: i64 = row.try_get("n")?;
-            match row.try_get::<String, _>("status")?.as_str() {
-                "pending" => entry.pending = n,
-                "retrying" => entry.retrying = n,
-                "succeeded" => entry.succeeded = n,
-                _ => entry.failed = n,
-            }
+            counts.insert(row.try_get("event_id")?, statuses(&row)?);
         }
         Ok(counts)
     }
+}
+
+/// The claim's asks for these callbacks.
+fn asks<'a>(wants: &[(&'a str, i64)]) -> Vec<(Option<&'a str>, i64)> {
+    wants.iter().map(|(c, n)| (Some(*c), *n)).collect()
+}
+
+/// `claimed` split by callback, in the order of `wants`.
+fn per_callback(wants: &[(&str, i64)], mut claimed: Vec<Claimed>) -> Vec<Vec<Claimed>> {
+    wants
+        .iter()
+        .map(|(callback, _)| {
+            let (mine, rest) = std::mem::take(&mut claimed)
+                .into_iter()
+                .partition(|c| c.callback_id == *callback);
+            claimed = rest;
+            mine
+        })
+        .collect()
+}
+
+/// A delivery a claim returned, under its lease `token`.
+fn claimed(row: &AnyRow, token: &str) -> Result<Claimed, sqlx::Error> {
+    Ok(Claimed {
+        id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
+        callback_id: row.try_get("callback_id")?,
+        attempts: row.try_get("attempts")?,
+        schedule_base: row.try_get("schedule_base")?,
+        schedule_start: row.try_get("schedule_start")?,
+        lease_token: token.to_owned(),
+    })
+}
+
+/// A callback's target from its columns at `now` (the previous secret signs too until its
+/// grace period ends), or `None` where they are null (a left join found no callback).
+fn target(row: &AnyRow, now: i64) -> Result<Option<Target>, sqlx::Error> {
+    let Some(url) = row.try_get::<Option<String>, _>("url")? else {
+        return Ok(None);
+    };
+    let mut secrets = vec![row.try_get::<String, _>("secret")?];
+    let previous: Option<String> = row.try_get("previous_secret")?;
+    let until: Option<i64> = row.try_get("previous_secret_expires_at")?;
+    if let (Some(previous), Some(until)) = (previous, until)
+        && until > now
+    {
+        secrets.push(previous);
+    }
+    Ok(Some(Target {
+        url,
+        method: row.try_get("method")?,
+        secrets,
+    }))
+}
+
+/// An event's deliveries counted by state, from the columns of [`STATUS_COUNTS`].
+fn statuses(row: &AnyRow) -> Result<CallbackStatuses, sqlx::Error> {
+    Ok(CallbackStatuses {
+        pending: row.try_get("pending")?,
+        retrying: row.try_get("retrying")?,
+        succeeded: row.try_get("succeeded")?,
+        failed: row.try_get("failed")?,
+    })
 }
 
 /// Whether each attempt's delivery moved, from the ids its fenced updates returned.

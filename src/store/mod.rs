@@ -223,7 +223,10 @@ impl Db {
             Db {
                 write: pool.clone(),
                 read: pool,
-                dispatch: postgres_pool(options.dispatch_connections, "").connect_lazy(url)?,
+                // Kept open: see `open_dispatch_connections`.
+                dispatch: postgres_pool(options.dispatch_connections, "")
+                    .min_connections(options.dispatch_connections)
+                    .connect_lazy(url)?,
                 unflushed: postgres_pool(1, "SET synchronous_commit = off")
                     .min_connections(1)
                     .connect_lazy(url)?,
@@ -347,6 +350,26 @@ impl Db {
                 Backend::Sqlite => self.read.clone(),
             },
             ..self.clone()
+        }
+    }
+
+    /// Opens the dispatcher's PostgreSQL connections all at once, before its first claim: a
+    /// claim round that has to open one (about 100 ms with TLS on a busy machine) holds up
+    /// every delivery due meanwhile. Connections that cannot be opened now are opened when
+    /// needed (and their errors reported then).
+    pub(crate) async fn open_dispatch_connections(&self) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let n = self.dispatch.options().get_max_connections();
+        let dispatch = (0..n).map(|_| self.dispatch.acquire());
+        let opened = futures::future::join_all(dispatch.chain([self.unflushed.acquire()])).await;
+        let failed = opened.iter().filter(|c| c.is_err()).count();
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "could not open some of the dispatcher's connections yet"
+            );
         }
     }
 

@@ -77,8 +77,13 @@ pub fn transaction(row: &AnyRow) -> Result<TxnRow, sqlx::Error> {
 }
 
 pub fn event(row: &AnyRow) -> Result<EventRow, sqlx::Error> {
+    event_with_id(row, "id")
+}
+
+/// [`event`] from a row whose event id is in the column `id` (a row of several tables).
+pub fn event_with_id(row: &AnyRow, id: &str) -> Result<EventRow, sqlx::Error> {
     Ok(EventRow {
-        id: row.try_get("id")?,
+        id: row.try_get(id)?,
         marketplace_id: row.try_get("marketplace_id")?,
         event_type: row.try_get("type")?,
         entity_id: row.try_get("entity_id")?,

@@ -7,6 +7,7 @@ use hookline::dispatch::{DispatchConfig, Dispatcher};
 use hookline::store::deliveries::{AttemptRecord, Claimed, Finished, Health, Next};
 use hookline::store::outbox::{self, NewEvent};
 use hookline::store::{Backend, now_micros};
+use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::Row;
 
@@ -417,6 +418,69 @@ async fn a_rounds_claims_commit_together_and_later_commits_stay_durable(app: Tes
     );
 }
 
+async fn a_claim_reads_what_its_attempts_send_as_a_read_after_it_would(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let (first, _) = register(&app, json!({ "url": format!("{}/a", receiver.url) })).await;
+    let (second, _) = register(&app, json!({ "url": format!("{}/b", receiver.url) })).await;
+    let (status, body) = app
+        .post(&format!("/callbacks/{second}/secret"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.order().await;
+    app.order().await;
+    // One event's delivery to the second callback is done: its counts differ from the
+    // other event's.
+    let done: String =
+        sqlx::query("SELECT id FROM deliveries WHERE callback_id = $1 ORDER BY id LIMIT 1")
+            .bind(&second)
+            .fetch_one(app.db.reader())
+            .await
+            .expect("a delivery")
+            .get("id");
+    sqlx::query("UPDATE deliveries SET status = 'succeeded', next_attempt_at = NULL WHERE id = $1")
+        .bind(&done)
+        .execute(app.db.writer())
+        .await
+        .expect("mark done");
+
+    let (claimed, inputs) = app
+        .db
+        .claim_due_for_each_with_inputs(&[(first.as_str(), 10), (second.as_str(), 10)], 60_000_000)
+        .await
+        .expect("claim");
+    let sizes: Vec<usize> = claimed.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [2, 1]);
+    let read_after = app.db.inputs(claimed.iter().flatten()).await.expect("read");
+    assert_eq!(inputs.bodies, read_after.bodies);
+    assert_eq!(inputs.targets.len(), 2);
+    for (callback, target) in &read_after.targets {
+        let claimed_with = &inputs.targets[callback];
+        assert_eq!(
+            (
+                &claimed_with.url,
+                &claimed_with.method,
+                &claimed_with.secrets
+            ),
+            (&target.url, &target.method, &target.secrets)
+        );
+    }
+    assert_eq!(
+        inputs.targets[&second].secrets.len(),
+        2,
+        "rotated: both sign"
+    );
+    for claimed in claimed.iter().flatten() {
+        let (_, body) = inputs.request(claimed).expect("what the attempt sends");
+        let sent: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        let (_, shown) = app.get(&format!("/events/{}", claimed.event_id)).await;
+        assert_eq!(sent, shown, "the body is the event as GET shows it");
+        let done_here = done.starts_with(&claimed.event_id);
+        let statuses = &sent["events"][0]["callback_statuses"];
+        assert_eq!(statuses["pending"], if done_here { 1 } else { 2 });
+        assert_eq!(statuses["succeeded"], if done_here { 1 } else { 0 });
+    }
+}
+
 async fn the_dispatcher_claims_on_connections_of_its_own(app: TestApp) {
     let mut receiver = Receiver::start(Answer::Status(200)).await;
     register_order_created(&app, &receiver.url).await;
@@ -564,5 +628,6 @@ on_both_backends!(
     a_batch_of_many_chunks_is_written_whole,
     a_busy_callback_is_refilled_by_claims_of_its_own,
     a_rounds_claims_commit_together_and_later_commits_stay_durable,
+    a_claim_reads_what_its_attempts_send_as_a_read_after_it_would,
     the_dispatcher_claims_on_connections_of_its_own,
 );
