@@ -80,10 +80,10 @@ pub fn event(row: &AnyRow) -> Result<EventRow, sqlx::Error> {
     event_with_id(row, "id")
 }
 
-/// [`event`] from a row whose event id is in the column `id` (a row of several tables).
-pub fn event_with_id(row: &AnyRow, id: &str) -> Result<EventRow, sqlx::Error> {
+/// [`event`] from a row of several tables, whose event id is in the column `id_column`.
+pub fn event_with_id(row: &AnyRow, id_column: &str) -> Result<EventRow, sqlx::Error> {
     Ok(EventRow {
-        id: row.try_get(id)?,
+        id: row.try_get(id_column)?,
         marketplace_id: row.try_get("marketplace_id")?,
         event_type: row.try_get("type")?,
         entity_id: row.try_get("entity_id")?,
