@@ -224,10 +224,10 @@ impl Db {
                 write: pool.clone(),
                 read: pool,
                 // Kept open: see `open_dispatch_connections`.
-                dispatch: postgres_pool(options.dispatch_connections, "")
+                dispatch: postgres_pool(options.dispatch_connections, INDEXED_PLANS)
                     .min_connections(options.dispatch_connections)
                     .connect_lazy(url)?,
-                unflushed: postgres_pool(1, "SET synchronous_commit = off")
+                unflushed: postgres_pool(1, UNFLUSHED_INDEXED_PLANS)
                     .min_connections(1)
                     .connect_lazy(url)?,
                 backend: Backend::Postgres,
@@ -532,6 +532,16 @@ impl Script {
     }
 }
 
+/// The dispatcher's sessions on PostgreSQL ([`Db::for_dispatcher`], [`Db::fetch_unflushed`]):
+/// every statement of theirs finds its rows through an index, so a sequential scan is
+/// never planned where an index serves. A dispatcher prepares its statements in its first
+/// seconds, when a new database's deliveries fill a few pages; a generic plan made then
+/// (claims hashing the ids they take and scanning every delivery to find them: 15-25 ms a
+/// claim at 40,000 deliveries) was kept for as long as the connection stayed busy, as
+/// [`replan_now`] skips the steps that pass while a connection is out (README, Benchmark).
+const INDEXED_PLANS: &str = "SET enable_seqscan = off";
+const UNFLUSHED_INDEXED_PLANS: &str = "SET synchronous_commit = off; SET enable_seqscan = off";
+
 /// A PostgreSQL pool; each new connection runs `session` (settings), if any.
 ///
 /// A connection idle for over a second is pinged before it is handed out; one used more
@@ -573,7 +583,9 @@ fn postgres_pool(connections: u32, session: &'static str) -> AnyPoolOptions {
 /// a step since it was last handed back (`idle_for` ago). The steps are 0.7 s, 1 s, 1.4 s,
 /// 2 s, ..., each √2 times the last (a minute is the 13th, an hour the 25th), so a plan in
 /// use at age t was made at t/√2 or later, but for a step passed while the connection was
-/// out (it waits for the next). Each step costs each statement one plan made again.
+/// out: that one is skipped, and a connection out at every step keeps its plans (hence
+/// [`INDEXED_PLANS`] for the dispatcher's). Each step costs each statement one plan made
+/// again.
 fn replan_now(age: Duration, idle_for: Duration) -> bool {
     let step = |d: Duration| (2.0 * d.as_secs_f64().max(0.5).log2()).floor() as i32;
     step(age) > step(age.saturating_sub(idle_for))

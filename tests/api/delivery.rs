@@ -878,8 +878,59 @@ async fn an_answer_of_any_bytes_is_logged(app: TestApp) {
     assert_eq!(row.get::<String, _>("status"), "succeeded");
 }
 
+/// On PostgreSQL deliveries and attempts have no foreign keys (its migration 0006; SQLite
+/// keeps them): the statements that write them take their references from rows in hand. Every path that writes them, taken once
+/// (a filtered fan-out, a retry, a callback deleted with work left, a re-delivery by hand),
+/// leaves no delivery without its event and callback and no attempt without its delivery.
+async fn every_delivery_and_attempt_refers_to_rows_that_exist(app: TestApp) {
+    let mut receiver = Receiver::scripted(vec![Answer::Status(500)], Answer::Status(200)).await;
+    let (all, _) = register(&app, json!({ "url": receiver.url })).await;
+    register_order_created(&app, &format!("{}/orders", receiver.url)).await;
+    let (deleted, _) = register(&app, json!({ "url": format!("{}/deleted", receiver.url) })).await;
+    let order = app.order().await;
+    app.debit(&order, CARD, 700).await;
+    let response = app
+        .request(Method::DELETE, &format!("/callbacks/{deleted}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let dispatcher = Dispatcher::new(app.db.clone(), fast());
+    deliver_all(&app, &dispatcher).await;
+    let event = sqlx::query("SELECT event_id FROM deliveries WHERE callback_id = $1 LIMIT 1")
+        .bind(&all)
+        .fetch_one(app.db.reader())
+        .await
+        .expect("a delivery")
+        .get::<String, _>("event_id");
+    let (status, body) = app
+        .put(&format!("/events/{event}/callbacks/{all}"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    deliver_all(&app, &dispatcher).await;
+    assert!(!receiver.drain().is_empty());
+
+    let taken = [
+        "SELECT COUNT(*) FROM deliveries d JOIN callbacks c ON c.id = d.callback_id WHERE c.deleted_at IS NOT NULL",
+        "SELECT COUNT(*) FROM attempts WHERE attempt > 1",
+        "SELECT COUNT(*) FROM deliveries WHERE schedule_base > 0",
+    ];
+    for sql in taken {
+        assert!(count(&app, sql).await > 0, "the path was taken: {sql}");
+    }
+    let orphans = [
+        "SELECT COUNT(*) FROM deliveries d WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id)",
+        "SELECT COUNT(*) FROM deliveries d WHERE NOT EXISTS (SELECT 1 FROM callbacks c WHERE c.id = d.callback_id)",
+        "SELECT COUNT(*) FROM attempts a WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = a.delivery_id)",
+    ];
+    for sql in orphans {
+        assert_eq!(count(&app, sql).await, 0, "{sql}");
+    }
+}
+
 on_both_backends!(
     an_answer_of_any_bytes_is_logged,
+    every_delivery_and_attempt_refers_to_rows_that_exist,
     deleting_a_callback_stops_an_attempt_in_flight_from_rescheduling,
     work_of_turned_off_callbacks_is_not_due,
     callbacks_are_created_shown_listed_and_deleted,
