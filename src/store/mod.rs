@@ -532,13 +532,15 @@ impl Script {
     }
 }
 
-/// The dispatcher's sessions on PostgreSQL ([`Db::for_dispatcher`], [`Db::fetch_unflushed`]):
-/// every statement of theirs finds its rows through an index, so a sequential scan is
-/// never planned where an index serves. A dispatcher prepares its statements in its first
-/// seconds, when a new database's deliveries fill a few pages; a generic plan made then
-/// (claims hashing the ids they take and scanning every delivery to find them: 15-25 ms a
-/// claim at 40,000 deliveries) was kept for as long as the connection stayed busy, as
-/// [`replan_now`] skips the steps that pass while a connection is out (README, Benchmark).
+/// The dispatcher's sessions on PostgreSQL ([`Db::for_dispatcher`], [`Db::fetch_unflushed`]).
+/// A dispatcher prepares its statements in its first seconds, when a new database's tables
+/// fill a few pages, and PostgreSQL keeps a generic plan made then for as long as the
+/// connection stays busy ([`replan_now`] skips the steps that pass while a connection is
+/// out). Its statements are written so that every row they read can be found by an index
+/// probe (lateral subqueries, `= ANY(ARRAY(...))` of ids; see `CLAIM_WITH_INPUTS` and
+/// `RECORD` in `deliveries.rs`), and with sequential scans off PostgreSQL plans them so:
+/// a claim planned with them on scanned every delivery to find the few it took, 15-25 ms a
+/// claim at 40,000 deliveries (README, Benchmark).
 const INDEXED_PLANS: &str = "SET enable_seqscan = off";
 const UNFLUSHED_INDEXED_PLANS: &str = "SET synchronous_commit = off; SET enable_seqscan = off";
 
