@@ -1024,17 +1024,22 @@ mod tests {
                  FROM generate_series({from}, {to}) e, generate_series(1, 2) c"
             )
         };
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "INSERT INTO marketplaces (id, name, secret_hash, created_at) VALUES ('MP', 'm', 'h', 0); \
-             INSERT INTO callbacks (id, marketplace_id, url, method, revision, enabled, secret, \
-                 created_at, updated_at) \
-             SELECT 'CB' || c, 'MP', 'http://a/' || c, 'post', '1', TRUE, 's', 0, 0 \
-             FROM generate_series(1, 2) c; {}",
-            add_events(1, 100)
-        )))
-        .execute(db.writer())
-        .await
-        .expect("a new database's first deliveries");
+        let add_callbacks = |marketplace: &str, prefix: &str, count: i64| {
+            format!(
+                "INSERT INTO marketplaces (id, name, secret_hash, created_at) \
+                 VALUES ('{marketplace}', 'm', '{marketplace}', 0); \
+                 INSERT INTO callbacks (id, marketplace_id, url, method, revision, enabled, \
+                     secret, created_at, updated_at) \
+                 SELECT '{prefix}' || c, '{marketplace}', 'http://a/' || c, 'post', '1', TRUE, \
+                     's', 0, 0 \
+                 FROM generate_series(1, {count}) c;"
+            )
+        };
+        let first = add_callbacks("MP", "CB", 2) + &add_events(1, 100);
+        sqlx::raw_sql(AssertSqlSafe(first))
+            .execute(db.writer())
+            .await
+            .expect("a new database's first deliveries");
 
         // A dispatcher's session, its plans made once and kept.
         let mut conn = db
@@ -1104,17 +1109,11 @@ mod tests {
             read
         };
         let small = claim_and_record(&mut conn).await;
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "INSERT INTO marketplaces (id, name, secret_hash, created_at) VALUES ('MQ', 'm', 'i', 0); \
-             INSERT INTO callbacks (id, marketplace_id, url, method, revision, enabled, secret, \
-                 created_at, updated_at) \
-             SELECT 'CQ' || c, 'MQ', 'http://a/' || c, 'post', '1', TRUE, 's', 0, 0 \
-             FROM generate_series(1, 1000) c; {}",
-            add_events(101, 10_100)
-        )))
-        .execute(db.writer())
-        .await
-        .expect("the tables grow");
+        let grow = add_callbacks("MQ", "CQ", 1_000) + &add_events(101, 10_100);
+        sqlx::raw_sql(AssertSqlSafe(grow))
+            .execute(db.writer())
+            .await
+            .expect("the tables grow");
         let grown = claim_and_record(&mut conn).await;
         assert_eq!(small.len(), 3, "{small:?}");
         for ((table, before), (_, after)) in small.iter().zip(&grown) {
