@@ -148,10 +148,11 @@ const EVENT_DELIVERIES: &str = "FROM events e JOIN callbacks c ON c.marketplace_
 
 /// A [`CLAIM`] (`{claim}`) on PostgreSQL with what its attempts send, in the same statement
 /// and snapshot: each delivery claimed with its event, its event's deliveries counted by
-/// state (before the claim's update, which changes no state; [`COUNTED`] over the
-/// deliveries [`EVENT_DELIVERIES`] finds), and its callback's target. Left joins: a
-/// delivery claimed whose event or callback cannot be read still comes back, and its
-/// attempt is recorded as not sent.
+/// state (before the claim's update, which changes no state: [`COUNTED`] over the
+/// deliveries [`EVENT_DELIVERIES`] finds, found here the same way by lateral subqueries,
+/// which SQLite lacks), and its callback's target. Left joins: a delivery claimed whose
+/// event or callback cannot be read still comes back, and its attempt is recorded as not
+/// sent. Built by [`claim_with_inputs`].
 ///
 /// Every row is read by a lateral subquery that cannot be merged into a join (`OFFSET 0`),
 /// so each is an index probe whatever the sizes PostgreSQL took the tables for when it
@@ -173,6 +174,13 @@ const CLAIM_WITH_INPUTS: &str = "WITH claimed AS ({claim}), \
      LEFT JOIN counted n ON n.event_id = cl.event_id \
      LEFT JOIN LATERAL (SELECT url, method, secret, previous_secret, previous_secret_expires_at \
          FROM callbacks WHERE id = cl.callback_id OFFSET 0) cb ON TRUE";
+
+/// [`CLAIM_WITH_INPUTS`] around `claim`, a [`CLAIM`].
+fn claim_with_inputs(claim: &str) -> String {
+    CLAIM_WITH_INPUTS
+        .replace("{claim}", claim)
+        .replace("{counted}", COUNTED)
+}
 
 /// The most callbacks one claim statement asks for (two parameters each).
 pub const MAX_CLAIM_CALLBACKS: usize = 100;
@@ -232,9 +240,7 @@ impl Db {
             return Ok((claimed, inputs));
         }
         let (claim, args, token) = self.claim_statement(&asks(wants), lease_us)?;
-        let sql = CLAIM_WITH_INPUTS
-            .replace("{claim}", &claim)
-            .replace("{counted}", COUNTED);
+        let sql = claim_with_inputs(&claim);
         let now = now_micros();
         let mut claims = Vec::new();
         let mut inputs = Inputs::default();
@@ -989,7 +995,7 @@ mod tests {
     /// for the tables as they were; a dispatcher prepares its statements on a new database
     /// in its first seconds. Prepared (generic plans forced) on 2 callbacks and 200
     /// deliveries, a claim with its inputs and the record of its attempts read no more rows
-    /// (give or take 500) once the tables have grown by 1,000 callbacks and 20,000
+    /// (give or take 500) once the tables have grown by 10,000 callbacks and 20,000
     /// deliveries: each row through an index probe, no table or index read whole. (The
     /// counts are this backend's not yet reported, so the second may include the first.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1035,7 +1041,13 @@ mod tests {
                  FROM generate_series(1, {count}) c;"
             )
         };
-        let first = add_callbacks("MP", "CB", 2) + &add_events(1, 100);
+        // No ANALYZE meanwhile, which would have the plans made again.
+        let first = "ALTER TABLE callbacks SET (autovacuum_enabled = false); \
+             ALTER TABLE events SET (autovacuum_enabled = false); \
+             ALTER TABLE deliveries SET (autovacuum_enabled = false); "
+            .to_owned()
+            + &add_callbacks("MP", "CB", 2)
+            + &add_events(1, 100);
         sqlx::raw_sql(AssertSqlSafe(first))
             .execute(db.writer())
             .await
@@ -1058,9 +1070,7 @@ mod tests {
             let (claim, args, token) = db
                 .claim_statement(&[(Some("CB1"), 64), (Some("CB2"), 64)], 60_000_000)
                 .expect("a claim");
-            let sql = CLAIM_WITH_INPUTS
-                .replace("{claim}", &claim)
-                .replace("{counted}", COUNTED);
+            let sql = claim_with_inputs(&claim);
             let rows = sqlx::query_with(AssertSqlSafe(sql), args)
                 .fetch_all(&mut *tx)
                 .await
@@ -1109,7 +1119,7 @@ mod tests {
             read
         };
         let small = claim_and_record(&mut conn).await;
-        let grow = add_callbacks("MQ", "CQ", 1_000) + &add_events(101, 10_100);
+        let grow = add_callbacks("MQ", "CQ", 10_000) + &add_events(101, 10_100);
         sqlx::raw_sql(AssertSqlSafe(grow))
             .execute(db.writer())
             .await

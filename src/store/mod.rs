@@ -156,12 +156,12 @@ pub struct Db {
     /// Reads. On PostgreSQL the same pool as `write`.
     read: AnyPool,
     /// The dispatcher's connections ([`Db::for_dispatcher`]): on PostgreSQL a pool of its
-    /// own, so claims and attempt records never queue behind the API's transactions; on
-    /// SQLite the one writer, as for every other write.
+    /// own ([`DISPATCH_SESSION`]), so claims and attempt records never queue behind the
+    /// API's transactions; on SQLite the one writer, as for every other write.
     dispatch: AnyPool,
     /// Where claims run ([`Db::fetch_unflushed`]): on PostgreSQL one connection with
-    /// `synchronous_commit = off` for the session, opened at once and kept, so a claim is
-    /// one round trip; on SQLite the one writer.
+    /// `synchronous_commit = off` for the session ([`UNFLUSHED_SESSION`]), opened at once
+    /// and kept, so a claim is one round trip; on SQLite the one writer.
     unflushed: AnyPool,
     backend: Backend,
     /// The URL connected to (PostgreSQL's LISTEN needs a connection of its own).
@@ -224,10 +224,10 @@ impl Db {
                 write: pool.clone(),
                 read: pool,
                 // Kept open: see `open_dispatch_connections`.
-                dispatch: postgres_pool(options.dispatch_connections, INDEXED_PLANS)
+                dispatch: postgres_pool(options.dispatch_connections, DISPATCH_SESSION)
                     .min_connections(options.dispatch_connections)
                     .connect_lazy(url)?,
-                unflushed: postgres_pool(1, UNFLUSHED_INDEXED_PLANS)
+                unflushed: postgres_pool(1, UNFLUSHED_SESSION)
                     .min_connections(1)
                     .connect_lazy(url)?,
                 backend: Backend::Postgres,
@@ -532,17 +532,23 @@ impl Script {
     }
 }
 
-/// The dispatcher's sessions on PostgreSQL ([`Db::for_dispatcher`], [`Db::fetch_unflushed`]).
+/// The settings of the dispatcher's PostgreSQL sessions ([`Db::for_dispatcher`]).
+///
 /// A dispatcher prepares its statements in its first seconds, when a new database's tables
 /// fill a few pages, and PostgreSQL keeps a generic plan made then for as long as the
 /// connection stays busy ([`replan_now`] skips the steps that pass while a connection is
-/// out). Its statements are written so that every row they read can be found by an index
-/// probe (lateral subqueries, `= ANY(ARRAY(...))` of ids; see `CLAIM_WITH_INPUTS` and
-/// `RECORD` in `deliveries.rs`), and with sequential scans off PostgreSQL plans them so:
-/// a claim planned with them on scanned every delivery to find the few it took, 15-25 ms a
-/// claim at 40,000 deliveries (README, Benchmark).
-const INDEXED_PLANS: &str = "SET enable_seqscan = off";
-const UNFLUSHED_INDEXED_PLANS: &str = "SET synchronous_commit = off; SET enable_seqscan = off";
+/// out). The claim and the attempt record are written so that every row they read can be
+/// found by an index probe (lateral subqueries, `= ANY(ARRAY(...))` of ids; see
+/// `CLAIM_WITH_INPUTS` and `RECORD` in `deliveries.rs`), and with sequential scans off
+/// PostgreSQL plans them so: planned with them on, a claim scanned every delivery to find
+/// the few it took, 15-25 ms a claim at 40,000 deliveries (README, Benchmark). The other
+/// statements on these sessions read by id too, but `due_callbacks` and `next_due`, which
+/// read every enabled callback by design (through an index, with sequential scans off).
+const DISPATCH_SESSION: &str = "SET enable_seqscan = off";
+
+/// The claims' session: [`DISPATCH_SESSION`]'s settings, and commits that do not wait for
+/// the disk (see [`Db::fetch_unflushed`]).
+const UNFLUSHED_SESSION: &str = "SET enable_seqscan = off; SET synchronous_commit = off";
 
 /// A PostgreSQL pool; each new connection runs `session` (settings), if any.
 ///
@@ -586,7 +592,7 @@ fn postgres_pool(connections: u32, session: &'static str) -> AnyPoolOptions {
 /// 2 s, ..., each √2 times the last (a minute is the 13th, an hour the 25th), so a plan in
 /// use at age t was made at t/√2 or later, but for a step passed while the connection was
 /// out: that one is skipped, and a connection out at every step keeps its plans (hence
-/// [`INDEXED_PLANS`] for the dispatcher's). Each step costs each statement one plan made
+/// [`DISPATCH_SESSION`] for the dispatcher's). Each step costs each statement one plan made
 /// again.
 fn replan_now(age: Duration, idle_for: Duration) -> bool {
     let step = |d: Duration| (2.0 * d.as_secs_f64().max(0.5).log2()).floor() as i32;

@@ -878,10 +878,12 @@ async fn an_answer_of_any_bytes_is_logged(app: TestApp) {
     assert_eq!(row.get::<String, _>("status"), "succeeded");
 }
 
-/// On PostgreSQL deliveries and attempts have no foreign keys (its migration 0006; SQLite
-/// keeps them): the statements that write them take their references from rows in hand. Every path that writes them, taken once
-/// (a filtered fan-out, a retry, a callback deleted with work left, a re-delivery by hand),
-/// leaves no delivery without its event and callback and no attempt without its delivery.
+/// On PostgreSQL deliveries and attempts have no foreign keys (its migration 0006): the
+/// statements that write them take their references from rows in hand. The paths that
+/// write them, each taken (a filtered fan-out, a retry, a callback deleted with work left,
+/// a re-delivery by hand), leave no delivery without its event and callback and no attempt
+/// without its delivery. On SQLite, which keeps the keys, a wrong reference fails the write
+/// instead, and the test with it.
 async fn every_delivery_and_attempt_refers_to_rows_that_exist(app: TestApp) {
     let mut receiver = Receiver::scripted(vec![Answer::Status(500)], Answer::Status(200)).await;
     let (all, _) = register(&app, json!({ "url": receiver.url })).await;
@@ -908,12 +910,13 @@ async fn every_delivery_and_attempt_refers_to_rows_that_exist(app: TestApp) {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     deliver_all(&app, &dispatcher).await;
-    assert!(!receiver.drain().is_empty());
+    assert!(!receiver.drain().is_empty(), "the receiver was reached");
 
     let taken = [
         "SELECT COUNT(*) FROM deliveries d JOIN callbacks c ON c.id = d.callback_id WHERE c.deleted_at IS NOT NULL",
         "SELECT COUNT(*) FROM attempts WHERE attempt > 1",
         "SELECT COUNT(*) FROM deliveries WHERE schedule_base > 0",
+        "SELECT COUNT(*) FROM deliveries d JOIN callback_event_types t ON t.callback_id = d.callback_id",
     ];
     for sql in taken {
         assert!(count(&app, sql).await > 0, "the path was taken: {sql}");
