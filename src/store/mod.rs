@@ -542,7 +542,7 @@ impl Script {
 /// `CLAIM_WITH_INPUTS` and `RECORD` in `deliveries.rs`), and with sequential scans off
 /// PostgreSQL plans them so: planned with them on, a claim scanned every delivery to find
 /// the few it took, 15-25 ms a claim at 40,000 deliveries (README, Benchmark). The other
-/// statements on these sessions read by id too, but `due_callbacks` and `next_due`, which
+/// statements on these sessions read by id too, except `due_callbacks` and `next_due`, which
 /// read every enabled callback by design (through an index, with sequential scans off).
 const DISPATCH_SESSION: &str = "SET enable_seqscan = off";
 
