@@ -91,6 +91,17 @@ pub(crate) async fn register(app: &TestApp, body: Value) -> (String, String) {
     )
 }
 
+/// Deletes callback `id`, which answers 204; returns the answer.
+pub(crate) async fn delete_callback(app: &TestApp, id: &str) -> reqwest::Response {
+    let response = app
+        .request(Method::DELETE, &format!("/callbacks/{id}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    response
+}
+
 /// Registers a callback to `url` for `order.created` events only.
 pub(crate) async fn register_order_created(app: &TestApp, url: &str) -> (String, String) {
     register(app, json!({ "url": url, "event_types": ["order.created"] })).await
@@ -204,12 +215,7 @@ async fn callbacks_are_created_shown_listed_and_deleted(app: TestApp) {
         assert!(error(&err)["extras"].get(field).is_some(), "{err}");
     }
 
-    let response = app
-        .request(Method::DELETE, &format!("/callbacks/{id}"))
-        .send()
-        .await
-        .expect("delete");
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let response = delete_callback(&app, &id).await;
     assert!(
         response.bytes().await.expect("body").is_empty(),
         "204 has no body"
@@ -798,12 +804,7 @@ async fn deleting_a_callback_stops_an_attempt_in_flight_from_rescheduling(app: T
         .expect("claim")
         .pop()
         .expect("a due delivery");
-    let response = app
-        .request(Method::DELETE, &format!("/callbacks/{id}"))
-        .send()
-        .await
-        .expect("delete");
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    delete_callback(&app, &id).await;
     let record = hookline::dispatch::http::not_sent("connect", "refused".into());
     let finished = Finished {
         claimed,
@@ -891,12 +892,7 @@ async fn every_delivery_and_attempt_refers_to_rows_that_exist(app: TestApp) {
     let (deleted, _) = register(&app, json!({ "url": format!("{}/deleted", receiver.url) })).await;
     let order = app.order().await;
     app.debit(&order, CARD, 700).await;
-    let response = app
-        .request(Method::DELETE, &format!("/callbacks/{deleted}"))
-        .send()
-        .await
-        .expect("delete");
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    delete_callback(&app, &deleted).await;
     let dispatcher = Dispatcher::new(app.db.clone(), fast());
     deliver_all(&app, &dispatcher).await;
     let event = sqlx::query("SELECT event_id FROM deliveries WHERE callback_id = $1 LIMIT 1")

@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::common::*;
-use crate::delivery::{deliver_all, fast, register, register_order_created};
+use crate::delivery::{delete_callback, deliver_all, fast, register, register_order_created};
 use crate::receiver::{Answer, Receiver};
 
 /// The newest event of `type`, visible to the app's marketplace.
@@ -307,12 +307,7 @@ async fn redelivery_is_refused_while_an_attempt_is_in_flight_and_after_a_delete(
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(error(&body)["category_code"], "attempt-in-flight");
     app.db.release(&claimed).await.expect("release");
-    let response = app
-        .request(Method::DELETE, &format!("/callbacks/{callback}"))
-        .send()
-        .await
-        .expect("delete");
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    delete_callback(&app, &callback).await;
     let (status, _) = app.put(&path, json!({})).await;
     assert_eq!(
         status,
