@@ -992,18 +992,18 @@ mod tests {
     }
 
     /// PostgreSQL only. The plan PostgreSQL keeps for a prepared statement is made once,
-    /// for the tables as they were; a dispatcher prepares its statements on a new database
-    /// in its first seconds. Prepared (generic plans forced) on 2 callbacks and 200
-    /// deliveries, a claim with its inputs and the record of its attempts read no more rows
-    /// (give or take 500) once the tables have grown by 10,000 callbacks and 20,000
-    /// deliveries: each row through an index probe, no table or index read whole. (The
-    /// counts are this backend's not yet reported, so the second may include the first.)
+    /// for the tables as they were; hookline prepares its statements on a new database in
+    /// its first seconds. Prepared (generic plans forced) on 2 callbacks, 1,000 events and
+    /// 2,000 deliveries, an outbox append of 64 events with their deliveries, a claim with
+    /// its inputs and the record of its attempts read no more rows (give or take 500) once
+    /// the tables have grown by 10,000 callbacks, 10,000 events and 20,000 deliveries: each
+    /// row through an index probe, no table or index read whole.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[cfg_attr(
         not(hookline_postgres),
         ignore = "PostgreSQL only: set HOOKLINE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it"
     )]
-    async fn the_dispatchers_statements_read_by_index_however_small_the_tables_were() {
+    async fn the_delivery_paths_statements_read_by_index_however_small_the_tables_were() {
         let base = std::env::var("HOOKLINE_TEST_DATABASE_URL").expect("a PostgreSQL URL");
         // Named as the integration tests name theirs (`tests/support/schema.rs`), which drop
         // those left over by a failed run.
@@ -1047,13 +1047,13 @@ mod tests {
              ALTER TABLE deliveries SET (autovacuum_enabled = false); "
             .to_owned()
             + &add_callbacks("MP", "CB", 2)
-            + &add_events(1, 100);
+            + &add_events(1, 1_000);
         sqlx::raw_sql(AssertSqlSafe(first))
             .execute(db.writer())
             .await
             .expect("a new database's first deliveries");
 
-        // A dispatcher's session, its plans made once and kept.
+        // A session whose plans are made once and kept.
         let mut conn = db
             .dispatch
             .acquire()
@@ -1063,10 +1063,43 @@ mod tests {
             .execute(&mut *conn)
             .await
             .expect("generic plans");
-        // A claim of 2 callbacks' due work with its inputs, then the record of 2 of its
-        // attempts; rolled back. Returns what the transaction read of each table.
-        let claim_and_record = async |conn: &mut AnyConnection| {
+        // What this backend read of each table and has not yet reported to the statistics
+        // (reported when it is idle, at most once a second).
+        async fn rows_read(conn: &mut AnyConnection) -> Vec<(String, i64)> {
+            sqlx::query(
+                "SELECT CAST(relname AS TEXT) AS relname, \
+                 COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) AS read \
+                 FROM pg_stat_xact_user_tables \
+                 WHERE schemaname = current_schema() \
+                 AND relname IN ('deliveries', 'events', 'callbacks') ORDER BY relname",
+            )
+            .fetch_all(conn)
+            .await
+            .expect("what the backend read")
+            .iter()
+            .map(|row| (row.get("relname"), row.get("read")))
+            .collect()
+        }
+        // 64 events appended, a claim of 2 callbacks' due work with its inputs, then the
+        // record of 2 of its attempts; rolled back. Returns what the transaction read of
+        // each table.
+        let entity = serde_json::json!({});
+        let events = vec![
+            crate::store::outbox::NewEvent {
+                marketplace_id: "MP",
+                event_type: "order.created",
+                entity_id: "OR",
+                entity: &entity,
+                occurred_at: 1_000_000,
+            };
+            64
+        ];
+        let deliver = async |conn: &mut AnyConnection| {
             let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
+            let before = rows_read(&mut tx).await;
+            crate::store::outbox::enqueue_many::<sqlx::Any>(&mut *tx, &events)
+                .await
+                .expect("append");
             let (claim, args, token) = db
                 .claim_statement(&[(Some("CB1"), 64), (Some("CB2"), 64)], 60_000_000)
                 .expect("a claim");
@@ -1102,29 +1135,21 @@ mod tests {
                 .await
                 .expect("record");
             assert_eq!(kept.len(), 2, "both attempts kept their leases");
-            let read: Vec<(String, i64)> = sqlx::query(
-                "SELECT CAST(relname AS TEXT) AS relname, \
-                 COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) AS read \
-                 FROM pg_stat_xact_user_tables \
-                 WHERE schemaname = current_schema() \
-                 AND relname IN ('deliveries', 'events', 'callbacks') ORDER BY relname",
-            )
-            .fetch_all(&mut *tx)
-            .await
-            .expect("what the transaction read")
-            .iter()
-            .map(|row| (row.get("relname"), row.get("read")))
-            .collect();
+            let after = rows_read(&mut tx).await;
             tx.rollback().await.expect("rollback");
-            read
+            before
+                .into_iter()
+                .zip(after)
+                .map(|((table, before), (_, after))| (table, after - before))
+                .collect::<Vec<_>>()
         };
-        let small = claim_and_record(&mut conn).await;
-        let grow = add_callbacks("MQ", "CQ", 10_000) + &add_events(101, 10_100);
+        let small = deliver(&mut conn).await;
+        let grow = add_callbacks("MQ", "CQ", 10_000) + &add_events(1_001, 11_000);
         sqlx::raw_sql(AssertSqlSafe(grow))
             .execute(db.writer())
             .await
             .expect("the tables grow");
-        let grown = claim_and_record(&mut conn).await;
+        let grown = deliver(&mut conn).await;
         assert_eq!(small.len(), 3, "{small:?}");
         for ((table, before), (_, after)) in small.iter().zip(&grown) {
             assert!(
