@@ -153,7 +153,7 @@ const EVENT_DELIVERIES: &str = "FROM events e JOIN callbacks c ON c.marketplace_
 /// whatever the sizes PostgreSQL took the tables for when it planned the statement: as
 /// joins, a plan made at 1,000 events scanned all three tables once they had grown (207
 /// ms for 20 events at 300,000, against 0.76 ms).
-/// An event with no deliveries, or none at all, counts zeros.
+/// An event with no deliveries, or one that does not exist, counts zeros.
 const EVENT_COUNTS: &str = "CROSS JOIN LATERAL (SELECT {counted} \
      FROM (SELECT id, marketplace_id FROM events WHERE id = k.event_id OFFSET 0) e \
      CROSS JOIN LATERAL (SELECT id FROM callbacks WHERE marketplace_id = e.marketplace_id OFFSET 0) c \
@@ -162,17 +162,17 @@ const EVENT_COUNTS: &str = "CROSS JOIN LATERAL (SELECT {counted} \
 
 /// A [`CLAIM`] (`{claim}`) on PostgreSQL with what its attempts send, in the same statement
 /// and snapshot: each delivery claimed with its event, its event's deliveries counted by
-/// state (before the claim's update, which changes no state; [`EVENT_COUNTS`]), and its
-/// callback's target. Left joins: a delivery claimed whose event or callback cannot be
-/// read still comes back, and its attempt is recorded as not sent. Built by
-/// [`claim_with_inputs`].
+/// state (before the claim's update, which changes no state; [`EVENT_COUNTS`] as
+/// `{counts}`), and its callback's target. Left joins: a delivery claimed whose event or
+/// callback cannot be read still comes back, and its attempt is recorded as not sent.
+/// Built by [`claim_with_inputs`].
 ///
 /// Every row is read by a lateral subquery that cannot be merged into a join (`OFFSET 0`),
 /// so each is an index probe whatever the sizes PostgreSQL took the tables for when it
 /// planned the statement: a join in a plan made while they were small could read all of
 /// `events`, `callbacks` or `deliveries` for each claim.
 const CLAIM_WITH_INPUTS: &str = "WITH claimed AS ({claim}), \
-     counted AS MATERIALIZED (SELECT k.event_id, n.* FROM (SELECT DISTINCT event_id FROM claimed) k {counted}) \
+     counted AS MATERIALIZED (SELECT k.event_id, n.* FROM (SELECT DISTINCT event_id FROM claimed) k {counts}) \
      SELECT cl.*, e.marketplace_id, e.type, e.entity_id, e.occurred_at, e.entity, \
      n.pending, n.retrying, n.succeeded, n.failed, \
      cb.url, cb.method, cb.secret, cb.previous_secret, cb.previous_secret_expires_at \
@@ -187,7 +187,7 @@ const CLAIM_WITH_INPUTS: &str = "WITH claimed AS ({claim}), \
 fn claim_with_inputs(claim: &str) -> String {
     CLAIM_WITH_INPUTS
         .replace("{claim}", claim)
-        .replace("{counted}", &event_counts())
+        .replace("{counts}", &event_counts())
 }
 
 /// [`EVENT_COUNTS`] with its counts.
@@ -1024,11 +1024,11 @@ mod tests {
     /// PostgreSQL only. The plan PostgreSQL keeps for a prepared statement is made once,
     /// for the tables as they were; hookline prepares its statements on a new database in
     /// its first seconds. Prepared (generic plans forced) on 2 callbacks, 1,000 events and
-    /// 2,000 deliveries, an outbox append of 64 events with their deliveries, their
-    /// deliveries counted as an event's body and the API count them, a claim with its
-    /// inputs and the record of its attempts read no more rows (give or take 500) once
-    /// the tables have grown by 10,000 callbacks, 10,000 events and 20,000 deliveries: each
-    /// row through an index probe, no table or index read whole.
+    /// 2,000 deliveries, an outbox append of 64 events with their deliveries, the count of
+    /// those deliveries by state (as the API reads it), a claim with its inputs and the
+    /// record of its attempts read no more rows (give or take 500) once the tables have
+    /// grown by 10,000 callbacks, 10,000 events and 20,000 deliveries: each row through an
+    /// index probe, no table or index read whole.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[cfg_attr(
         not(hookline_postgres),
@@ -1113,8 +1113,8 @@ mod tests {
             .collect()
         }
         // 64 events appended and their deliveries counted, a claim of 2 callbacks' due work
-        // with its inputs, then the record of 2 of its attempts; rolled back. Returns what the transaction read of
-        // each table.
+        // with its inputs, then the record of 2 of its attempts; rolled back. Returns what
+        // the transaction read of each table.
         let entity = serde_json::json!({});
         let events = vec![
             crate::store::outbox::NewEvent {
