@@ -1035,17 +1035,7 @@ mod tests {
         ignore = "PostgreSQL only: set HOOKLINE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it"
     )]
     async fn the_delivery_paths_statements_read_by_index_however_small_the_tables_were() {
-        let base = std::env::var("HOOKLINE_TEST_DATABASE_URL").expect("a PostgreSQL URL");
-        // Named as the integration tests name theirs (`tests/support/schema.rs`), which drop
-        // those left over by a failed run.
-        let schema = format!("t_{}", ulid::Ulid::new().to_string().to_lowercase());
-        let admin = sqlx::PgPool::connect(&base).await.expect("connect");
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await
-            .expect("create schema");
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        let (admin, schema, url) = crate::store::test_schema().await;
         let db = Db::connect(&url, &super::super::DbOptions::default())
             .await
             .expect("connect");

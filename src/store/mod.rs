@@ -761,6 +761,24 @@ fn parse_kind(s: &str) -> Result<Kind, sqlx::Error> {
     Kind::from_str(s).map_err(|_| sqlx::Error::Decode(format!("unknown kind {s:?}").into()))
 }
 
+/// A PostgreSQL unit test's own schema on `HOOKLINE_TEST_DATABASE_URL`: a pool on the
+/// server, the schema's name, and a URL whose search path is the schema. Named as the
+/// integration tests name theirs (`tests/support/schema.rs`), which drop those left over by
+/// a failed run.
+#[cfg(test)]
+pub(crate) async fn test_schema() -> (sqlx::PgPool, String, String) {
+    let base = std::env::var("HOOKLINE_TEST_DATABASE_URL").expect("a PostgreSQL URL");
+    let schema = format!("t_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let admin = sqlx::PgPool::connect(&base).await.expect("connect");
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .expect("create schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    (admin, schema, url)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};

@@ -316,17 +316,7 @@ mod tests {
         ignore = "PostgreSQL only: set HOOKLINE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it"
     )]
     async fn a_list_is_planned_for_its_own_values() {
-        let base = std::env::var("HOOKLINE_TEST_DATABASE_URL").expect("a PostgreSQL URL");
-        // Named as the integration tests name theirs (`tests/support/schema.rs`), which drop
-        // those left over by a failed run.
-        let schema = format!("t_{}", ulid::Ulid::new().to_string().to_lowercase());
-        let admin = sqlx::PgPool::connect(&base).await.expect("connect");
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await
-            .expect("create schema");
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        let (admin, schema, url) = crate::store::test_schema().await;
         // One connection: every list runs on the backend that keeps their plans.
         let options = DbOptions {
             max_connections: 1,
