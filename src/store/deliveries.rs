@@ -531,8 +531,9 @@ impl Db {
         Ok(kept)
     }
 
-    /// SQLite: each delivery's move to its next state, fenced by its lease, and each
-    /// attempt's row: after the transaction's `BEGIN`, each chunk's moves, then its rows.
+    /// SQLite: each delivery's move to its next state, fenced by its lease, each attempt's
+    /// row and its count: after the transaction's `BEGIN`, each chunk's moves, then its
+    /// rows, then the counts.
     pub(crate) fn moves(&self, finished: &[Finished]) -> Result<Script, sqlx::Error> {
         let mut moves = Script::new();
         moves.push("BEGIN IMMEDIATE".to_owned(), |_| Ok(()))?;
@@ -545,6 +546,7 @@ impl Db {
         for chunk in finished.chunks(INSERT_CHUNK) {
             insert_attempts(&mut moves, chunk)?;
         }
+        count_attempts(&mut moves, finished)?;
         Ok(moves)
     }
 
@@ -729,11 +731,13 @@ const INSERT_CHUNK: usize = 32;
 ///
 /// It does what SQLite's transaction does ([`Db::moves`], then [`fold_health`] and
 /// [`apply_health`] on the attempts kept): each delivery moves to its next state if the
-/// attempt still holds its lease; every attempt is logged; each callback with attempts kept
-/// gets their health, folded in batch order (a success clears the failures before it, the
-/// failures after the last success start the callback's run of failures, the last
+/// attempt still holds its lease; every attempt is logged and counted in its callback's
+/// minute ([`count_attempts`]); each callback with attempts kept gets their health, folded
+/// in batch order (a success clears the failures before it, the failures after the last
+/// success start the callback's run of failures, the last failure is kept, the last
 /// `disable` reason turns it off). The callbacks are locked in id order, once the
-/// deliveries are moved, so two dispatchers' batches cannot deadlock on them.
+/// deliveries are moved, and their counts' rows in that order too, so two dispatchers'
+/// batches cannot deadlock on them.
 ///
 /// The deliveries and callbacks are also matched as `= ANY(ARRAY(...))` of the batch's ids,
 /// so each is an index probe in any plan: a plan made while the tables were small could
@@ -756,9 +760,11 @@ const RECORD: &str = "WITH v (ord, lease, status, next_at, callback_id, health, 
      batch AS (SELECT callback_id, BOOL_OR(health = 'ok') AS succeeded, \
          (ARRAY_AGG(started_at ORDER BY ord) FILTER (WHERE health <> 'ok' AND ord > COALESCE(last_ok, -1)))[1] \
              AS failing_since, \
-         (ARRAY_AGG(reason ORDER BY ord DESC) FILTER (WHERE health = 'disable'))[1] AS reason \
+         (ARRAY_AGG(reason ORDER BY ord DESC) FILTER (WHERE health = 'disable'))[1] AS reason, \
+         (ARRAY_AGG(started_at ORDER BY ord DESC) FILTER (WHERE health <> 'ok'))[1] AS failed_at, \
+         (ARRAY_AGG(id ORDER BY ord DESC) FILTER (WHERE health <> 'ok'))[1] AS failed_delivery \
          FROM kept GROUP BY callback_id), \
-     locked AS (SELECT c.id, b.succeeded, b.reason, f.since, \
+     locked AS (SELECT c.id, b.succeeded, b.reason, b.failed_at, b.failed_delivery, f.since, \
          b.reason IS NULL AND c.enabled AND COALESCE(f.since <= $2, FALSE) AS overdue \
          FROM callbacks c JOIN batch b ON b.callback_id = c.id \
              AND c.id = ANY(ARRAY(SELECT callback_id FROM batch)), \
@@ -768,11 +774,19 @@ const RECORD: &str = "WITH v (ord, lease, status, next_at, callback_id, health, 
      health AS (UPDATE callbacks c SET \
          last_success_at = CASE WHEN l.succeeded THEN $1 ELSE c.last_success_at END, \
          failing_since = l.since, \
+         last_failure_at = COALESCE(l.failed_at, c.last_failure_at), \
+         last_failure_delivery_id = COALESCE(l.failed_delivery, c.last_failure_delivery_id), \
          enabled = c.enabled AND l.reason IS NULL AND NOT l.overdue, \
          disabled_reason = CASE WHEN l.reason IS NOT NULL THEN l.reason WHEN l.overdue THEN $3 \
              ELSE c.disabled_reason END, \
          updated_at = CASE WHEN l.reason IS NOT NULL OR l.overdue THEN $1 ELSE c.updated_at END \
-         FROM locked l WHERE c.id = ANY(ARRAY(SELECT id FROM locked)) AND c.id = l.id) \
+         FROM locked l WHERE c.id = ANY(ARRAY(SELECT id FROM locked)) AND c.id = l.id), \
+     counted AS (INSERT INTO attempt_counts AS n (callback_id, minute, succeeded, failed) \
+         SELECT callback_id, started_at / 60000000, COUNT(*) FILTER (WHERE succeeded), \
+         COUNT(*) FILTER (WHERE NOT succeeded) FROM v WHERE id IS NOT NULL \
+         GROUP BY callback_id, started_at / 60000000 ORDER BY 1, 2 \
+         ON CONFLICT (callback_id, minute) DO UPDATE SET succeeded = n.succeeded + EXCLUDED.succeeded, \
+         failed = n.failed + EXCLUDED.failed) \
      SELECT ord FROM moved";
 
 /// The type of each column of a [`RECORD`] row, in order: `i` bigint, `t` text, `b` boolean.
@@ -877,6 +891,49 @@ fn insert_attempts(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::
     })
 }
 
+/// A minute of `attempt_counts`: microseconds since the epoch / this.
+pub(crate) const COUNTED_MINUTE_US: i64 = 60_000_000;
+
+/// SQLite: adds `finished` to `attempt_counts`, one statement per callback and minute
+/// (PostgreSQL's [`RECORD`] does the same). Every attempt is counted, kept or not: each
+/// is in the log.
+fn count_attempts(script: &mut Script, finished: &[Finished]) -> Result<(), sqlx::Error> {
+    let mut counts: Vec<(&str, i64, i64, i64)> = Vec::new();
+    for f in finished {
+        let (callback, minute) = (
+            f.claimed.callback_id.as_str(),
+            f.record.started_at / COUNTED_MINUTE_US,
+        );
+        let at = match counts.iter().position(|c| (c.0, c.1) == (callback, minute)) {
+            Some(at) => at,
+            None => {
+                counts.push((callback, minute, 0, 0));
+                counts.len() - 1
+            }
+        };
+        if f.record.succeeded {
+            counts[at].2 += 1;
+        } else {
+            counts[at].3 += 1;
+        }
+    }
+    for (callback, minute, succeeded, failed) in counts {
+        script.push(
+            "INSERT INTO attempt_counts (callback_id, minute, succeeded, failed) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (callback_id, minute) DO UPDATE SET succeeded = succeeded + excluded.succeeded, \
+             failed = failed + excluded.failed"
+                .to_owned(),
+            |args| {
+                add(args, callback)?;
+                add(args, minute)?;
+                add(args, succeeded)?;
+                add(args, failed)
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Parameters of an attempt's row in the log, as [`bind_log`] binds them.
 const LOG_WIDTH: usize = 12;
 
@@ -908,6 +965,8 @@ struct BatchHealth {
     failing_since: Option<i64>,
     /// Turn the callback off, for this reason.
     disable: Option<String>,
+    /// The last failure: when it started, and its delivery.
+    last_failure: Option<(i64, String)>,
 }
 
 fn fold_health<'a>(finished: impl Iterator<Item = &'a Finished>) -> Vec<(String, BatchHealth)> {
@@ -929,12 +988,12 @@ fn fold_health<'a>(finished: impl Iterator<Item = &'a Finished>) -> Vec<(String,
                 health.succeeded = true;
                 health.failing_since = None;
             }
-            Health::Failing => {
+            Health::Failing | Health::Disable(_) => {
                 health.failing_since = health.failing_since.or(Some(f.record.started_at));
-            }
-            Health::Disable(reason) => {
-                health.failing_since = health.failing_since.or(Some(f.record.started_at));
-                health.disable = Some(reason.clone());
+                health.last_failure = Some((f.record.started_at, f.claimed.id.clone()));
+                if let Health::Disable(reason) = &f.health {
+                    health.disable = Some(reason.clone());
+                }
             }
         }
     }
@@ -951,23 +1010,31 @@ fn apply_health(
     now: i64,
     disable_after_us: i64,
 ) -> Result<(), sqlx::Error> {
+    let (failed_at, failed_delivery) = health.last_failure.clone().unzip();
     if health.succeeded {
         script.push(
-            "UPDATE callbacks SET last_success_at = $1, failing_since = $2 WHERE id = $3"
+            "UPDATE callbacks SET last_success_at = $1, failing_since = $2, \
+             last_failure_at = COALESCE($3, last_failure_at), \
+             last_failure_delivery_id = COALESCE($4, last_failure_delivery_id) WHERE id = $5"
                 .to_owned(),
             |args| {
                 add(args, now)?;
                 add(args, health.failing_since)?;
+                add(args, failed_at)?;
+                add(args, failed_delivery)?;
                 add(args, callback)?;
                 Ok(())
             },
         )?;
     } else if let Some(since) = health.failing_since {
         script.push(
-            "UPDATE callbacks SET failing_since = COALESCE(failing_since, $1) WHERE id = $2"
+            "UPDATE callbacks SET failing_since = COALESCE(failing_since, $1), last_failure_at = $2, \
+             last_failure_delivery_id = $3 WHERE id = $4"
                 .to_owned(),
             |args| {
                 add(args, since)?;
+                add(args, failed_at)?;
+                add(args, failed_delivery)?;
                 add(args, callback)?;
                 Ok(())
             },

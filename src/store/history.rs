@@ -4,6 +4,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::deliveries::COUNTED_MINUTE_US;
 use super::{Backend, Db, Scope, StoreError, Tx, now_micros};
 
 /// One delivery of an event to a callback.
@@ -183,6 +184,10 @@ impl Db {
     }
 
     /// Success rates over the last hour and day, the last success and the last failure.
+    /// The rates are read from `attempt_counts`, kept by the minute: "the last hour" is
+    /// from the start of the minute an hour ago (60 to 61 minutes), the day likewise. The
+    /// last failure is the last among the attempts that kept their lease (those the health
+    /// is made of).
     pub async fn callback_health(
         &self,
         scope: &Scope,
@@ -191,42 +196,51 @@ impl Db {
         self.callback(scope, callback_id).await?;
         let now = now_micros();
         let mut health = CallbackHealth::default();
-        for (since, attempts, succeeded) in [
+        for (window, attempts, succeeded) in [
             (
-                now - 3_600_000_000,
+                3_600_000_000,
                 &mut health.attempts_last_hour,
                 &mut health.succeeded_last_hour,
             ),
             (
-                now - 86_400_000_000,
+                86_400_000_000,
                 &mut health.attempts_last_day,
                 &mut health.succeeded_last_day,
             ),
         ] {
             let row = sqlx::query(
-                "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(CASE WHEN a.succeeded THEN 1 ELSE 0 END), 0) AS BIGINT) AS ok \
-                 FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.callback_id = $1 AND a.started_at >= $2",
+                "SELECT CAST(COALESCE(SUM(succeeded + failed), 0) AS BIGINT) AS n, \
+                 CAST(COALESCE(SUM(succeeded), 0) AS BIGINT) AS ok \
+                 FROM attempt_counts WHERE callback_id = $1 AND minute >= $2",
             )
             .bind(callback_id)
-            .bind(since)
+            .bind((now - window) / COUNTED_MINUTE_US)
             .fetch_one(self.reader())
             .await?;
             *attempts = row.try_get("n")?;
             *succeeded = row.try_get("ok")?;
         }
-        let row = sqlx::query("SELECT last_success_at FROM callbacks WHERE id = $1")
-            .bind(callback_id)
-            .fetch_one(self.reader())
-            .await?;
-        health.last_success_at = row.try_get("last_success_at")?;
-        let failure = sqlx::query(concat!(
-            attempt_select!(),
-            " WHERE d.callback_id = $1 AND NOT a.succeeded ORDER BY a.id DESC LIMIT 1"
-        ))
+        let row = sqlx::query(
+            "SELECT last_success_at, last_failure_at, last_failure_delivery_id FROM callbacks WHERE id = $1",
+        )
         .bind(callback_id)
-        .fetch_optional(self.reader())
+        .fetch_one(self.reader())
         .await?;
-        health.last_failure = failure.as_ref().map(attempt).transpose()?;
+        health.last_success_at = row.try_get("last_success_at")?;
+        let failed_at: Option<i64> = row.try_get("last_failure_at")?;
+        let failed_delivery: Option<String> = row.try_get("last_failure_delivery_id")?;
+        if let (Some(at), Some(delivery)) = (failed_at, failed_delivery) {
+            let failure = sqlx::query(concat!(
+                attempt_select!(),
+                " WHERE a.delivery_id = $1 AND a.started_at = $2 AND NOT a.succeeded \
+                 ORDER BY a.id DESC LIMIT 1"
+            ))
+            .bind(delivery)
+            .bind(at)
+            .fetch_optional(self.reader())
+            .await?;
+            health.last_failure = failure.as_ref().map(attempt).transpose()?;
+        }
         Ok(health)
     }
 
@@ -314,5 +328,129 @@ impl Db {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::any::{AnyPoolOptions, install_default_drivers};
+    use sqlx::{AssertSqlSafe, Row};
+
+    use crate::store::{Backend, migrator, now_micros};
+
+    /// The migration that brought `attempt_counts` (`version`) fills it, and each
+    /// callback's last failure, from the log as it stood: the attempts of the last day by
+    /// the minute, the newest failure.
+    async fn the_log_as_it_stood_is_counted(url: &str, backend: Backend, version: i64) {
+        install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .expect("connect");
+        migrator(backend)
+            .run_to(version - 1, &pool)
+            .await
+            .expect("migrate to the version before");
+        let now = now_micros();
+        let (two_days_ago, half_hour_ago) = (now - 2 * 86_400_000_000, now - 1_800_000_000);
+        let delivery = |id: &str, callback: &str| {
+            format!(
+                "INSERT INTO events (id, marketplace_id, type, entity_id, occurred_at, entity) \
+                 VALUES ('EV{id}', 'MP1', 'order.created', 'OR1', 0, '{{}}'); \
+                 INSERT INTO deliveries (id, event_id, callback_id, marketplace_id, status, attempts, \
+                     schedule_start, created_at, updated_at) \
+                 VALUES ('{id}', 'EV{id}', '{callback}', 'MP1', 'succeeded', 2, 0, 0, 0);"
+            )
+        };
+        let attempt = |delivery: &str, n: i64, at: i64, ok: bool| {
+            format!(
+                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_us, request_headers, \
+                     request_body, succeeded) VALUES ('{delivery}', {n}, {at}, 1, '{{}}', '{{}}', {ok});"
+            )
+        };
+        let log = [
+            "INSERT INTO marketplaces (id, name, secret_hash, created_at) VALUES ('MP1', 'm', 'h', 0);"
+                .to_owned(),
+            "INSERT INTO callbacks (id, marketplace_id, url, method, revision, enabled, secret, \
+                 created_at, updated_at) VALUES ('CBa', 'MP1', 'https://a', 'post', 'r', TRUE, 's', 0, 0), \
+                 ('CBb', 'MP1', 'https://b', 'post', 'r', TRUE, 's', 0, 0);"
+                .to_owned(),
+            delivery("DL1", "CBa"),
+            delivery("DL2", "CBa"),
+            delivery("DL3", "CBb"),
+            attempt("DL1", 1, two_days_ago, false),
+            attempt("DL2", 1, half_hour_ago, false),
+            attempt("DL2", 2, half_hour_ago + 60_000_000, true),
+            attempt("DL1", 2, now, true),
+            attempt("DL3", 1, now, true),
+        ];
+        sqlx::raw_sql(AssertSqlSafe(log.concat()))
+            .execute(&pool)
+            .await
+            .expect("the log");
+        migrator(backend).run(&pool).await.expect("migrate");
+
+        let counts = |callback: &'static str| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query(
+                    "SELECT minute, succeeded, failed FROM attempt_counts WHERE callback_id = $1 ORDER BY minute",
+                )
+                .bind(callback)
+                .fetch_all(&pool)
+                .await
+                .expect("counts")
+                .iter()
+                .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1), r.get::<i64, _>(2)))
+                .collect::<Vec<_>>()
+            }
+        };
+        let minute = |at: i64| at / 60_000_000;
+        assert_eq!(
+            counts("CBa").await,
+            [
+                (minute(half_hour_ago), 0, 1),
+                (minute(half_hour_ago) + 1, 1, 0),
+                (minute(now), 1, 0)
+            ],
+            "the day's attempts by the minute; not those of two days ago"
+        );
+        assert_eq!(counts("CBb").await, [(minute(now), 1, 0)]);
+        let failures = sqlx::query(
+            "SELECT id, last_failure_at, last_failure_delivery_id FROM callbacks ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("callbacks")
+        .iter()
+        .map(|r| (r.get::<Option<i64>, _>(1), r.get::<Option<String>, _>(2)))
+        .collect::<Vec<_>>();
+        assert_eq!(
+            failures,
+            [(Some(half_hour_ago), Some("DL2".to_owned())), (None, None)]
+        );
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_counts_the_log_as_it_stood() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("h.db").display());
+        the_log_as_it_stood_is_counted(&url, Backend::Sqlite, 6).await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(hookline_postgres),
+        ignore = "PostgreSQL only: set HOOKLINE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it"
+    )]
+    async fn postgres_counts_the_log_as_it_stood() {
+        let (admin, schema, url) = crate::store::test_schema().await;
+        the_log_as_it_stood_is_counted(&url, Backend::Postgres, 8).await;
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&admin)
+            .await
+            .expect("drop schema");
     }
 }

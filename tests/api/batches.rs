@@ -320,6 +320,108 @@ async fn a_batch_folds_each_callbacks_health_in_order_over_the_attempts_kept(app
     );
 }
 
+/// A callback's health reads its attempts by the minute from `attempt_counts` (every
+/// attempt logged, kept or not) and its last failure among the attempts kept.
+async fn a_callbacks_health_counts_its_attempts_by_the_minute_and_keeps_its_last_failure(
+    app: TestApp,
+) {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let (a, _) = register_order_created(&app, &format!("{}/a", receiver.url)).await;
+    let (b, _) = register_order_created(&app, &format!("{}/b", receiver.url)).await;
+    for _ in 0..6 {
+        app.order().await;
+    }
+    let mut claimed = app.db.claim_due(100, 60_000_000).await.expect("claim");
+    claimed.sort_by(|x, y| x.id.cmp(&y.id));
+    let of = |callback: &str| -> Vec<Claimed> {
+        claimed
+            .iter()
+            .filter(|c| c.callback_id == callback)
+            .cloned()
+            .collect()
+    };
+    let (mine, theirs) = (of(&a), of(&b));
+    assert_eq!((mine.len(), theirs.len()), (6, 6));
+    // a's fifth claim loses its lease before its failure is written.
+    app.db.release(&mine[4..5]).await.expect("release");
+    assert_eq!(
+        app.db
+            .claim_due(10, 60_000_000)
+            .await
+            .expect("reclaim")
+            .len(),
+        1
+    );
+    let now = now_micros();
+    let attempt = |claimed: &Claimed, ago_s: i64, status: i64| {
+        let ok = status == 200;
+        Finished {
+            claimed: claimed.clone(),
+            record: AttemptRecord {
+                started_at: now - ago_s * 1_000_000,
+                ..attempt_record(status, ok)
+            },
+            next: if ok {
+                Next::Succeeded
+            } else {
+                Next::RetryAt(now + 60_000_000)
+            },
+            health: if ok { Health::Ok } else { Health::Failing },
+        }
+    };
+    let batch = [
+        attempt(&mine[0], 2 * 86_400, 501),
+        attempt(&mine[1], 2 * 3_600, 200),
+        attempt(&theirs[0], 1, 505),
+        attempt(&mine[2], 30 * 60, 502),
+        attempt(&mine[3], 1, 200),
+        attempt(&mine[4], 0, 504),
+        attempt(&theirs[1], 0, 200),
+    ];
+    let kept = app
+        .db
+        .record_attempts(&batch, i64::MAX / 2)
+        .await
+        .expect("record");
+    assert_eq!(kept, [true, true, true, true, true, false, true]);
+    let health = |id: &str| {
+        let path = format!("/callbacks/{id}/health");
+        let app = &app;
+        async move {
+            let (status, body) = app.get(&path).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["health"][0].clone()
+        }
+    };
+    let got = health(&a).await;
+    assert_eq!(
+        (&got["attempts_last_hour"], &got["attempts_last_day"]),
+        (&json!(3), &json!(4)),
+        "the last hour: 502, 200 and the fenced-out 504; the day also the 200 of two hours ago: {got}"
+    );
+    assert_eq!(got["success_rate_last_day"], 0.5);
+    assert_eq!(
+        got["last_failure"]["response_status"], 502,
+        "the fenced-out 504 is logged and counted, but is not the callback's health: {got}"
+    );
+    let got = health(&b).await;
+    assert_eq!(got["attempts_last_hour"], 2);
+    assert_eq!(got["success_rate_last_hour"], 0.5);
+    assert_eq!(got["last_failure"]["response_status"], 505);
+
+    // A later success adds to the minute's count and leaves the last failure.
+    let kept = app
+        .db
+        .record_attempts(&[attempt(&mine[5], 0, 200)], i64::MAX / 2)
+        .await
+        .expect("record a's success");
+    assert_eq!(kept, [true]);
+    let got = health(&a).await;
+    assert_eq!(got["attempts_last_hour"], 4);
+    assert_eq!(got["success_rate_last_hour"], 0.5);
+    assert_eq!(got["last_failure"]["response_status"], 502);
+}
+
 async fn a_busy_callback_is_refilled_by_claims_of_its_own(app: TestApp) {
     let mut receiver = Receiver::start(Answer::Status(200)).await;
     let (callback, _) = register_order_created(&app, &receiver.url).await;
@@ -616,6 +718,11 @@ async fn a_batch_of_many_chunks_is_written_whole(app: TestApp) {
     assert!(kept.iter().all(|k| !*k), "none holds its lease any more");
     let attempts = "SELECT COUNT(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.callback_id = $1";
     assert_eq!(count(&app, attempts, &callback).await, 140);
+    let (_, health) = app.get(&format!("/callbacks/{callback}/health")).await;
+    assert_eq!(
+        health["health"][0]["attempts_last_hour"], 140,
+        "every attempt counted once: {health}"
+    );
     let succeeded = "SELECT COUNT(*) FROM deliveries WHERE callback_id = $1 AND status = 'succeeded' AND attempts = 1";
     assert_eq!(count(&app, succeeded, &callback).await, 70);
 }
@@ -624,6 +731,7 @@ on_both_backends!(
     enqueue_many_fans_each_event_out_to_the_callbacks_that_want_it,
     one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health,
     a_batch_folds_each_callbacks_health_in_order_over_the_attempts_kept,
+    a_callbacks_health_counts_its_attempts_by_the_minute_and_keeps_its_last_failure,
     a_refused_batch_of_attempts_leaves_nothing_and_the_writer_goes_on,
     a_batch_of_many_chunks_is_written_whole,
     a_busy_callback_is_refilled_by_claims_of_its_own,
