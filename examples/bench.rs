@@ -1096,6 +1096,11 @@ async fn finish(args: &Args, shared: &Shared) -> bool {
                     "SELECT COUNT(*) FROM attempts WHERE error_code = 'connect'",
                 )
                 .await?,
+                count(
+                    db,
+                    "SELECT CAST(COALESCE(SUM(succeeded + failed), 0) AS BIGINT) FROM attempt_counts",
+                )
+                .await?,
                 count(db, "SELECT COUNT(*) FROM deliveries").await?,
                 count(
                     db,
@@ -1111,7 +1116,7 @@ async fn finish(args: &Args, shared: &Shared) -> bool {
         })
         .await;
         match counted {
-            Ok(Ok((attempts, unconnected, deliveries, succeeded, failed))) => {
+            Ok(Ok((attempts, unconnected, in_health, deliveries, succeeded, failed))) => {
                 // An attempt that could not connect never reached a receiver.
                 let verdict = if attempts == received + unconnected {
                     "equal"
@@ -1124,6 +1129,17 @@ async fn finish(args: &Args, shared: &Shared) -> bool {
                     format!(
                         "{attempts} / {received}  {verdict} ({unconnected} recorded as connect failures)"
                     ),
+                );
+                // The callbacks' health counts every attempt logged, once.
+                let verdict = if in_health == attempts {
+                    "equal"
+                } else {
+                    ok = false;
+                    "MISMATCH"
+                };
+                shared.row(
+                    "attempts in the callbacks' health counts",
+                    format!("{in_health}  {verdict} to those recorded"),
                 );
                 shared.row(
                     "deliveries: all / succeeded / failed",
