@@ -184,8 +184,9 @@ impl Db {
         if let Some(status) = &filter.delivery_status {
             // Failed deliveries are few and found through their own index, `deliveries_failed`
             // (named by the literal, which SQLite needs to use it). Those of another state are
-            // common or recent: the events are walked newest first, each event's deliveries
-            // probed by id, one per callback of its marketplace.
+            // common (succeeded) or mostly the newest events' (the backlog): the events are
+            // walked newest first, each event's deliveries probed by id, one per callback of
+            // its marketplace.
             let condition = if status == "failed" {
                 "id IN (SELECT x.event_id FROM deliveries x WHERE x.status = 'failed' AND x.status ="
             } else {
