@@ -3,14 +3,17 @@
 //! many in one transaction, each fenced by its lease.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Any, AnyConnection, Arguments, AssertSqlSafe, Encode, Row, Type};
 
 use super::rows::{self, event_columns};
-use super::{Backend, Db, Script, StoreError, now_micros, params, positional, values, values_from};
+use super::{
+    Backend, Db, Script, StoreError, now_micros, params, positional, sqlite_text, values,
+    values_from,
+};
 use crate::domain::views::{self, CallbackStatuses};
 
 /// A delivery claimed by one dispatcher until `lease_expires_at`.
@@ -855,14 +858,16 @@ const KEPT_CHUNKS: usize = 2;
 fn fence_and_advance(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::Error> {
     const WIDTH: usize = 5;
     let rows = UPDATE_CHUNK;
-    let sql = format!(
-        "UPDATE deliveries SET status = v.column3, attempts = attempts + 1, next_attempt_at = v.column4, \
-         lease_token = NULL, lease_expires_at = NULL, last_attempt_at = v.column5, updated_at = v.column5 \
-         FROM (VALUES {}) AS v WHERE deliveries.id = v.column1 AND deliveries.lease_token = v.column2 \
-         AND deliveries.status IN ('pending', 'retrying') RETURNING id",
-        values(rows, WIDTH)
-    );
-    script.push(sql, |args| {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        sqlite_text(format!(
+            "UPDATE deliveries SET status = v.column3, attempts = attempts + 1, next_attempt_at = v.column4, \
+             lease_token = NULL, lease_expires_at = NULL, last_attempt_at = v.column5, updated_at = v.column5 \
+             FROM (VALUES {}) AS v WHERE deliveries.id = v.column1 AND deliveries.lease_token = v.column2 \
+             AND deliveries.status IN ('pending', 'retrying') RETURNING id",
+            values(UPDATE_CHUNK, WIDTH)
+        ))
+    });
+    script.push_positional(&SQL, |args| {
         for f in chunk {
             let (status, next_at) = f.next.state();
             add(args, &f.claimed.id)?;
@@ -879,13 +884,15 @@ fn fence_and_advance(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx
 /// kept).
 fn insert_attempts(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::Error> {
     let rows = INSERT_CHUNK;
-    let sql = format!(
-        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_us, request_headers, request_body, \
-         response_status, response_headers, response_body, error_code, error_detail, succeeded) \
-         SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL",
-        values(rows, LOG_WIDTH)
-    );
-    script.push(sql, |args| {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        sqlite_text(format!(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_us, request_headers, request_body, \
+             response_status, response_headers, response_body, error_code, error_detail, succeeded) \
+             SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL",
+            values(INSERT_CHUNK, LOG_WIDTH)
+        ))
+    });
+    script.push_positional(&SQL, |args| {
         bind_log(args, chunk)?;
         (chunk.len() * LOG_WIDTH..rows * LOG_WIDTH).try_for_each(|_| add(args, None::<String>))
     })

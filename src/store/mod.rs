@@ -520,6 +520,20 @@ impl Script {
         bind(&mut self.args)
     }
 
+    /// Appends a statement already in SQLite's form ([`sqlite_text`]), such as a text made
+    /// once and kept: [`Script::push`] would convert it again each time.
+    pub(crate) fn push_positional(
+        &mut self,
+        sql: &str,
+        bind: impl FnOnce(&mut AnyArguments) -> Result<(), sqlx::Error>,
+    ) -> Result<(), sqlx::Error> {
+        if !self.text.is_empty() {
+            self.text.push_str(";\n");
+        }
+        self.text.push_str(sql);
+        bind(&mut self.args)
+    }
+
     /// Runs every statement on `conn`; returns the rows they returned, in order.
     pub(crate) async fn run(self, conn: &mut AnyConnection) -> Result<Vec<AnyRow>, sqlx::Error> {
         if self.text.is_empty() {
@@ -707,6 +721,13 @@ pub(crate) fn positional(sql: String, backend: Backend) -> String {
         return sql;
     }
     only_positional(&sql).unwrap_or(sql)
+}
+
+/// `sql`, whose parameters are `$1, $2, ..., $n`, each once and in that order, in SQLite's
+/// form for [`Script::push_positional`]. Panics if it has other parameters: for texts
+/// fixed in the code.
+pub(crate) fn sqlite_text(sql: String) -> String {
+    only_positional(&sql).unwrap_or_else(|| panic!("not positional: {sql}"))
 }
 
 /// `sql` with `$1, $2, ..., $n` (each once, in that order) as `?`s, or `None` if it has
