@@ -125,16 +125,33 @@ async fn enqueue_many_fans_each_event_out_to_the_callbacks_that_want_it(app: Tes
     );
 }
 
+/// The lease of `claimed` taken over by a newer claim before its attempt is written: it
+/// is released, and due again at once.
+async fn lose_lease(app: &TestApp, claimed: &Claimed) {
+    app.db
+        .release(std::slice::from_ref(claimed))
+        .await
+        .expect("release");
+    let taken = app.db.claim_due(10, 60_000_000).await.expect("reclaim");
+    assert_eq!(taken.len(), 1, "the released one is due again at once");
+}
+
+/// The claims of `callback` among `claimed`, in id order.
+fn claims_of(claimed: &[Claimed], callback: &str) -> Vec<Claimed> {
+    let mut own: Vec<Claimed> = claimed
+        .iter()
+        .filter(|c| c.callback_id == callback)
+        .cloned()
+        .collect();
+    own.sort_by(|x, y| x.id.cmp(&y.id));
+    own
+}
+
 async fn one_batch_of_attempts_is_fenced_per_delivery_and_folds_callback_health(app: TestApp) {
     let (_receiver, callback, mut claimed) = claimed_orders(&app, 3).await;
     // The third claim's lease is taken over by someone else before its attempt is written.
-    app.db
-        .release(&claimed[2..])
-        .await
-        .expect("release the third");
-    let taken = app.db.claim_due(10, 60_000_000).await.expect("reclaim");
-    assert_eq!(taken.len(), 1, "the released one is due again at once");
     let stale = claimed.pop().expect("the third");
+    lose_lease(&app, &stale).await;
     let failed_at = now_micros();
     let batch = vec![
         Finished {
@@ -214,27 +231,10 @@ async fn a_batch_folds_each_callbacks_health_in_order_over_the_attempts_kept(app
         app.order().await;
     }
     let claimed = app.db.claim_due(100, 60_000_000).await.expect("claim");
-    let of = |callback: &str| -> Vec<Claimed> {
-        let mut own: Vec<Claimed> = claimed
-            .iter()
-            .filter(|c| c.callback_id == callback)
-            .cloned()
-            .collect();
-        own.sort_by(|x, y| x.id.cmp(&y.id));
-        own
-    };
-    let (a, b, c) = (of(&callbacks[0]), of(&callbacks[1]), of(&callbacks[2]));
+    let [a, b, c] = [0, 1, 2].map(|i| claims_of(&claimed, &callbacks[i]));
     assert_eq!((a.len(), b.len(), c.len()), (5, 5, 5));
     // c's last claim loses its lease to a newer claim before its failure is written.
-    app.db.release(&c[4..]).await.expect("release");
-    assert_eq!(
-        app.db
-            .claim_due(10, 60_000_000)
-            .await
-            .expect("reclaim")
-            .len(),
-        1
-    );
+    lose_lease(&app, &c[4]).await;
     let t = now_micros() - 1_000_000;
     let attempt = |claimed: &Claimed, at: i64, health: Health| {
         let ok = health == Health::Ok;
@@ -331,27 +331,11 @@ async fn a_callbacks_health_counts_its_attempts_by_the_minute_and_keeps_its_last
     for _ in 0..6 {
         app.order().await;
     }
-    let mut claimed = app.db.claim_due(100, 60_000_000).await.expect("claim");
-    claimed.sort_by(|x, y| x.id.cmp(&y.id));
-    let of = |callback: &str| -> Vec<Claimed> {
-        claimed
-            .iter()
-            .filter(|c| c.callback_id == callback)
-            .cloned()
-            .collect()
-    };
-    let (mine, theirs) = (of(&a), of(&b));
+    let claimed = app.db.claim_due(100, 60_000_000).await.expect("claim");
+    let (mine, theirs) = (claims_of(&claimed, &a), claims_of(&claimed, &b));
     assert_eq!((mine.len(), theirs.len()), (6, 6));
     // a's fifth claim loses its lease before its failure is written.
-    app.db.release(&mine[4..5]).await.expect("release");
-    assert_eq!(
-        app.db
-            .claim_due(10, 60_000_000)
-            .await
-            .expect("reclaim")
-            .len(),
-        1
-    );
+    lose_lease(&app, &mine[4]).await;
     let now = now_micros();
     let attempt = |claimed: &Claimed, ago_s: i64, status: i64| {
         let ok = status == 200;
