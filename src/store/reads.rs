@@ -311,7 +311,8 @@ mod tests {
     use crate::store::DbOptions;
 
     /// PostgreSQL: rows of `tables` (names joined by `|`) read so far in `schema`, by
-    /// scans and index probes, with `db`'s latest statements counted.
+    /// scans and index probes, with the latest statements of `db`'s reader counted (a
+    /// pool of one connection: another reports its own later).
     async fn rows_read(db: &Db, admin: &sqlx::PgPool, schema: &str, tables: &str) -> i64 {
         // Reported by the backend before it answers.
         sqlx::query("SELECT pg_stat_force_next_flush()")
@@ -411,9 +412,12 @@ mod tests {
     )]
     async fn events_with_a_failed_delivery_are_found_from_the_failures() {
         let (admin, schema, url) = crate::store::test_schema().await;
-        let db = Db::connect(&url, &DbOptions::default())
-            .await
-            .expect("connect");
+        // One connection: the one whose statistics `rows_read` reports is the lists'.
+        let options = DbOptions {
+            max_connections: 1,
+            ..DbOptions::default()
+        };
+        let db = Db::connect(&url, &options).await.expect("connect");
         let setup = "INSERT INTO marketplaces (id, name, secret_hash, created_at) VALUES ('MP1', 'm', 'h', 0); \
              INSERT INTO callbacks (id, marketplace_id, url, method, revision, enabled, secret, created_at, \
                  updated_at) VALUES ('CB1', 'MP1', 'https://a', 'post', 'r', TRUE, 's', 0, 0); \
