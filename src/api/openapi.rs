@@ -411,8 +411,12 @@ fn own_schemas() -> Map<String, Value> {
             "Health",
             json!({ "type": "object", "properties": {
             "callback": string, "enabled": { "type": "boolean" }, "disabled_reason": nullable_string,
-            "success_rate_last_hour": { "type": ["number", "null"] }, "attempts_last_hour": int,
-            "success_rate_last_day": { "type": ["number", "null"] }, "attempts_last_day": int,
+            "success_rate_last_hour": { "type": ["number", "null"] },
+            "attempts_last_hour": { "type": "integer", "description": "Attempts counted by the minute they \
+                started, from the start of the minute an hour ago (60 to 61 minutes)" },
+            "success_rate_last_day": { "type": ["number", "null"] },
+            "attempts_last_day": { "type": "integer", "description": "As the hour's, from the start of \
+                the minute a day ago" },
             "last_success_at": nullable_string, "last_failure": { "type": ["object", "null"] } } }),
         ),
         (
