@@ -516,8 +516,8 @@ impl Db {
     }
 
     /// [`Db::record_attempts`] on SQLite's writer, already taken. The transaction is two
-    /// round trips to the writer's thread: the deliveries' moves and the attempts with its
-    /// `BEGIN`, then the callbacks' health with its `COMMIT`. `moves` is [`Db::moves`] of
+    /// round trips to the writer's thread: the deliveries' moves, the attempts and their
+    /// counts with its `BEGIN`, then the callbacks' health with its `COMMIT`. `moves` is [`Db::moves`] of
     /// `finished`, built before the writer was taken, so that the writer does not wait for
     /// it. Should it fail, the caller closes the connection, which rolls the transaction back.
     pub(crate) async fn record_attempts_on(
@@ -738,9 +738,11 @@ const INSERT_CHUNK: usize = 32;
 /// minute ([`count_attempts`]); each callback with attempts kept gets their health, folded
 /// in batch order (a success clears the failures before it, the failures after the last
 /// success start the callback's run of failures, the last failure is kept, the last
-/// `disable` reason turns it off). The callbacks are locked in id order, once the
-/// deliveries are moved, and their counts' rows in that order too, so two dispatchers'
-/// batches cannot deadlock on them.
+/// `disable` reason turns it off). Two dispatchers' batches cannot deadlock: each locks
+/// the deliveries it moves (its own leases), then, in the one order of the statement's
+/// plan, the callbacks in id order and the counts' rows in (callback, minute) order
+/// (PostgreSQL runs the parts no other part reads, `logged`, `health` and `counted`, once
+/// the rest is done, in an order of its own, the same for every batch).
 ///
 /// The deliveries and callbacks are also matched as `= ANY(ARRAY(...))` of the batch's ids,
 /// so each is an index probe in any plan: a plan made while the tables were small could
@@ -848,8 +850,8 @@ fn window_reason(disable_after_us: i64) -> String {
 }
 
 /// Batches of up to this many insert chunks keep their prepared text (a text per number of
-/// chunks). SQLite keeps a compiled program per text (up to 100 per connection), and those
-/// of rare large batches took 20 MiB.
+/// insert and count chunks: at most 16). SQLite keeps a compiled program per text (up to
+/// 100 per connection), and those of rare large batches took 20 MiB.
 const KEPT_CHUNKS: usize = 2;
 
 /// SQLite: moves each delivery of `chunk` still under its claim's lease to its next state,
@@ -898,13 +900,27 @@ fn insert_attempts(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::
     })
 }
 
-/// A minute of `attempt_counts`: microseconds since the epoch / this.
+/// A minute of `attempt_counts`: microseconds since the epoch / this. [`RECORD`] and the
+/// migration that made the table write it out (60000000).
 pub(crate) const COUNTED_MINUTE_US: i64 = 60_000_000;
 
-/// SQLite: adds `finished` to `attempt_counts`, one statement per callback and minute
-/// (PostgreSQL's [`RECORD`] does the same). Every attempt is counted, kept or not: each
-/// is in the log.
+/// SQLite: (callback, minute) rows per statement of [`count_attempts`], padded like the
+/// other chunks: a batch of up to [`KEPT_CHUNKS`] insert chunks has at most eight.
+const COUNT_CHUNK: usize = 8;
+
+/// SQLite: adds `finished` to `attempt_counts`, a row per callback and minute (PostgreSQL's
+/// [`RECORD`] does the same). Every attempt is counted, kept or not: each is in the log.
 fn count_attempts(script: &mut Script, finished: &[Finished]) -> Result<(), sqlx::Error> {
+    const WIDTH: usize = 4;
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        sqlite_text(format!(
+            "INSERT INTO attempt_counts (callback_id, minute, succeeded, failed) \
+             SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL \
+             ON CONFLICT (callback_id, minute) DO UPDATE SET succeeded = succeeded + excluded.succeeded, \
+             failed = failed + excluded.failed",
+            values(COUNT_CHUNK, WIDTH)
+        ))
+    });
     let mut counts: Vec<(&str, i64, i64, i64)> = Vec::new();
     for f in finished {
         let (callback, minute) = (
@@ -924,19 +940,16 @@ fn count_attempts(script: &mut Script, finished: &[Finished]) -> Result<(), sqlx
             counts[at].3 += 1;
         }
     }
-    for (callback, minute, succeeded, failed) in counts {
-        script.push(
-            "INSERT INTO attempt_counts (callback_id, minute, succeeded, failed) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (callback_id, minute) DO UPDATE SET succeeded = succeeded + excluded.succeeded, \
-             failed = failed + excluded.failed"
-                .to_owned(),
-            |args| {
-                add(args, callback)?;
-                add(args, minute)?;
-                add(args, succeeded)?;
-                add(args, failed)
-            },
-        )?;
+    for chunk in counts.chunks(COUNT_CHUNK) {
+        script.push_positional(&SQL, |args| {
+            for (callback, minute, succeeded, failed) in chunk {
+                add(args, *callback)?;
+                add(args, *minute)?;
+                add(args, *succeeded)?;
+                add(args, *failed)?;
+            }
+            (chunk.len() * WIDTH..COUNT_CHUNK * WIDTH).try_for_each(|_| add(args, None::<String>))
+        })?;
     }
     Ok(())
 }

@@ -513,11 +513,7 @@ impl Script {
         let sql = only_positional(&sql).ok_or_else(|| {
             sqlx::Error::Protocol(format!("not positional, cannot be joined: {sql}"))
         })?;
-        if !self.text.is_empty() {
-            self.text.push_str(";\n");
-        }
-        self.text.push_str(&sql);
-        bind(&mut self.args)
+        self.push_positional(&sql, bind)
     }
 
     /// Appends a statement already in SQLite's form ([`sqlite_text`]), such as a text made
