@@ -13,7 +13,8 @@ CREATE TABLE attempt_counts (
     PRIMARY KEY (callback_id, minute)
 );
 
--- From the log as it stands: the last day's counts, and each callback's last failure.
+-- From the log as it stands: the last day's counts, and each callback's last failure
+-- (the log does not say which attempts kept their lease: its last failed attempt).
 -- Both read the log before `callbacks` is altered, which locks it until the end.
 INSERT INTO attempt_counts (callback_id, minute, succeeded, failed)
 SELECT d.callback_id, a.started_at / 60000000,

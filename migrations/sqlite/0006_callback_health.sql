@@ -18,7 +18,8 @@ CREATE TABLE attempt_counts (
 ALTER TABLE callbacks ADD COLUMN last_failure_at INTEGER;
 ALTER TABLE callbacks ADD COLUMN last_failure_delivery_id TEXT;
 
--- From the log as it stands: the last day's counts, and each callback's last failure.
+-- From the log as it stands: the last day's counts, and each callback's last failure
+-- (the log does not say which attempts kept their lease: its last failed attempt).
 INSERT INTO attempt_counts (callback_id, minute, succeeded, failed)
 SELECT d.callback_id, a.started_at / 60000000,
     SUM(CASE WHEN a.succeeded THEN 1 ELSE 0 END), SUM(CASE WHEN a.succeeded THEN 0 ELSE 1 END)

@@ -187,7 +187,8 @@ impl Db {
     /// The rates are read from `attempt_counts`, kept by the minute: "the last hour" is
     /// from the start of the minute an hour ago (60 to 61 minutes), the day likewise. The
     /// last failure is the last among the attempts that kept their lease (those the health
-    /// is made of).
+    /// is made of), or, if none failed since the migration that brought it, the log's last
+    /// failed attempt then.
     pub async fn callback_health(
         &self,
         scope: &Scope,
@@ -336,6 +337,7 @@ mod tests {
     use sqlx::any::{AnyPoolOptions, install_default_drivers};
     use sqlx::{AssertSqlSafe, Row};
 
+    use crate::store::deliveries::COUNTED_MINUTE_US;
     use crate::store::{Backend, migrator, now_micros};
 
     /// The migration that brought `attempt_counts` (`version`) fills it, and each
@@ -406,7 +408,7 @@ mod tests {
                 .collect::<Vec<_>>()
             }
         };
-        let minute = |at: i64| at / 60_000_000;
+        let minute = |at: i64| at / COUNTED_MINUTE_US;
         assert_eq!(
             counts("CBa").await,
             [

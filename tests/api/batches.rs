@@ -328,21 +328,29 @@ async fn a_callbacks_health_counts_its_attempts_by_the_minute_and_keeps_its_last
     let receiver = Receiver::start(Answer::Status(200)).await;
     let (a, _) = register_order_created(&app, &format!("{}/a", receiver.url)).await;
     let (b, _) = register_order_created(&app, &format!("{}/b", receiver.url)).await;
-    for _ in 0..6 {
+    for _ in 0..8 {
         app.order().await;
     }
     let claimed = app.db.claim_due(100, 60_000_000).await.expect("claim");
     let (mine, theirs) = (claims_of(&claimed, &a), claims_of(&claimed, &b));
-    assert_eq!((mine.len(), theirs.len()), (6, 6));
+    assert_eq!((mine.len(), theirs.len()), (8, 8));
     // a's fifth claim loses its lease before its failure is written.
     lose_lease(&app, &mine[4]).await;
+    // Away from a minute's end, so that the health is read in the minute of `now`.
+    let minute = 60_000_000;
+    if now_micros() % minute > 50_000_000 {
+        tokio::time::sleep(Duration::from_secs(11)).await;
+    }
     let now = now_micros();
-    let attempt = |claimed: &Claimed, ago_s: i64, status: i64| {
+    let ago = |seconds: i64| now - seconds * 1_000_000;
+    // The first minute of the last hour: in the hour, however old within it.
+    let hour_start = (ago(3_600) / minute) * minute;
+    let attempt = |claimed: &Claimed, at: i64, status: i64| {
         let ok = status == 200;
         Finished {
             claimed: claimed.clone(),
             record: AttemptRecord {
-                started_at: now - ago_s * 1_000_000,
+                started_at: at,
                 ..attempt_record(status, ok)
             },
             next: if ok {
@@ -354,20 +362,25 @@ async fn a_callbacks_health_counts_its_attempts_by_the_minute_and_keeps_its_last
         }
     };
     let batch = [
-        attempt(&mine[0], 2 * 86_400, 501),
-        attempt(&mine[1], 2 * 3_600, 200),
-        attempt(&theirs[0], 1, 505),
-        attempt(&mine[2], 30 * 60, 502),
-        attempt(&mine[3], 1, 200),
-        attempt(&mine[4], 0, 504),
-        attempt(&theirs[1], 0, 200),
+        attempt(&mine[0], ago(2 * 86_400), 501),
+        attempt(&mine[1], ago(2 * 3_600), 200),
+        attempt(&mine[6], hour_start - 1, 200),
+        attempt(&theirs[0], ago(1), 505),
+        attempt(&mine[7], hour_start, 200),
+        attempt(&mine[2], ago(30 * 60), 502),
+        attempt(&mine[3], ago(1), 200),
+        attempt(&mine[4], now, 504),
+        attempt(&theirs[1], now, 200),
     ];
     let kept = app
         .db
         .record_attempts(&batch, i64::MAX / 2)
         .await
         .expect("record");
-    assert_eq!(kept, [true, true, true, true, true, false, true]);
+    assert_eq!(
+        kept,
+        [true, true, true, true, true, true, true, false, true]
+    );
     let health = |id: &str| {
         let path = format!("/callbacks/{id}/health");
         let app = &app;
@@ -380,10 +393,11 @@ async fn a_callbacks_health_counts_its_attempts_by_the_minute_and_keeps_its_last
     let got = health(&a).await;
     assert_eq!(
         (&got["attempts_last_hour"], &got["attempts_last_day"]),
-        (&json!(3), &json!(4)),
-        "the last hour: 502, 200 and the fenced-out 504; the day also the 200 of two hours ago: {got}"
+        (&json!(4), &json!(6)),
+        "the last hour: the hour's first minute's 200, the 502, the 200 and the fenced-out \
+         504; the day also the 200s of two hours ago and of the minute before the hour: {got}"
     );
-    assert_eq!(got["success_rate_last_day"], 0.5);
+    assert_eq!(got["success_rate_last_hour"], 0.5);
     assert_eq!(
         got["last_failure"]["response_status"], 502,
         "the fenced-out 504 is logged and counted, but is not the callback's health: {got}"
@@ -396,13 +410,13 @@ async fn a_callbacks_health_counts_its_attempts_by_the_minute_and_keeps_its_last
     // A later success adds to the minute's count and leaves the last failure.
     let kept = app
         .db
-        .record_attempts(&[attempt(&mine[5], 0, 200)], i64::MAX / 2)
+        .record_attempts(&[attempt(&mine[5], now, 200)], i64::MAX / 2)
         .await
         .expect("record a's success");
     assert_eq!(kept, [true]);
     let got = health(&a).await;
-    assert_eq!(got["attempts_last_hour"], 4);
-    assert_eq!(got["success_rate_last_hour"], 0.5);
+    assert_eq!(got["attempts_last_hour"], 5);
+    assert_eq!(got["success_rate_last_hour"], 0.6);
     assert_eq!(got["last_failure"]["response_status"], 502);
 }
 
