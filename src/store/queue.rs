@@ -23,10 +23,15 @@ const QUEUE_DEPTH: &str = "SELECT \
       WHERE d.status IN ('pending', 'retrying') AND d.lease_expires_at > $1 \
       AND d.marketplace_id = COALESCE($2, d.marketplace_id)) AS in_flight";
 
-/// Attempts of the last minute (since `$1`), by outcome.
+/// Attempts of the last minute (since `$1`), by outcome: of one marketplace (`$2`), found
+/// through their deliveries, or of all, read alone. Each reads every attempt of the minute
+/// (through `attempts_started`); all marketplaces' without the join took 77-97 ms instead
+/// of 1.1 s for 900,000 (15,000 a second).
 const LAST_MINUTE: &str = "SELECT CAST(a.succeeded AS INTEGER) AS ok, COUNT(*) AS n FROM attempts a \
      JOIN deliveries d ON d.id = a.delivery_id WHERE a.started_at >= $1 \
-     AND d.marketplace_id = COALESCE($2, d.marketplace_id) GROUP BY CAST(a.succeeded AS INTEGER)";
+     AND d.marketplace_id = $2 GROUP BY CAST(a.succeeded AS INTEGER)";
+const LAST_MINUTE_ALL: &str = "SELECT CAST(succeeded AS INTEGER) AS ok, COUNT(*) AS n FROM attempts \
+     WHERE started_at >= $1 GROUP BY CAST(succeeded AS INTEGER)";
 
 /// The queue of one marketplace, or of all.
 #[derive(Debug, Clone, Default)]
@@ -63,11 +68,12 @@ impl Db {
             in_flight: row.try_get("in_flight")?,
             ..QueueHealth::default()
         };
-        let rows = sqlx::query(LAST_MINUTE)
-            .bind(now - 60_000_000)
-            .bind(scope.marketplace())
-            .fetch_all(self.reader())
-            .await?;
+        let since = now - 60_000_000;
+        let last_minute = match scope.marketplace() {
+            Some(marketplace) => sqlx::query(LAST_MINUTE).bind(since).bind(marketplace),
+            None => sqlx::query(LAST_MINUTE_ALL).bind(since),
+        };
+        let rows = last_minute.fetch_all(self.reader()).await?;
         for row in rows {
             let n: i64 = row.try_get("n")?;
             if row.try_get::<i64, _>("ok")? != 0 {
