@@ -1277,9 +1277,6 @@ mod tests {
         }
         drop(conn);
         db.close().await;
-        sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .execute(&admin)
-            .await
-            .expect("drop schema");
+        crate::store::drop_test_schema(&admin, &schema).await;
     }
 }

@@ -450,9 +450,6 @@ mod tests {
     async fn postgres_counts_the_log_as_it_stood() {
         let (admin, schema, url) = crate::store::test_schema().await;
         the_log_as_it_stood_is_counted(&url, Backend::Postgres, 8).await;
-        sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .execute(&admin)
-            .await
-            .expect("drop schema");
+        crate::store::drop_test_schema(&admin, &schema).await;
     }
 }

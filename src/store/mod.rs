@@ -796,6 +796,15 @@ pub(crate) async fn test_schema() -> (sqlx::PgPool, String, String) {
     (admin, schema, url)
 }
 
+/// Drops a schema [`test_schema`] made, with what is in it.
+#[cfg(test)]
+pub(crate) async fn drop_test_schema(admin: &sqlx::PgPool, schema: &str) {
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(admin)
+        .await
+        .expect("drop schema");
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};

@@ -319,6 +319,15 @@ mod tests {
     use super::*;
     use crate::store::DbOptions;
 
+    /// A store on `url` whose pools hold one connection each.
+    async fn one_connection(url: &str) -> Db {
+        let options = DbOptions {
+            max_connections: 1,
+            ..DbOptions::default()
+        };
+        Db::connect(url, &options).await.expect("connect")
+    }
+
     /// PostgreSQL: rows of `tables` (names joined by `|`) read so far in `schema`, by
     /// scans and index probes, with the latest statements of `db`'s reader counted (a
     /// pool of one connection: another reports its own later).
@@ -355,11 +364,7 @@ mod tests {
     async fn a_list_is_planned_for_its_own_values() {
         let (admin, schema, url) = crate::store::test_schema().await;
         // One connection: every list runs on the backend that keeps their plans.
-        let options = DbOptions {
-            max_connections: 1,
-            ..DbOptions::default()
-        };
-        let db = Db::connect(&url, &options).await.expect("connect");
+        let db = one_connection(&url).await;
         let debits = |marketplace: &str, prefix: &str, count: i64| {
             format!(
                 "INSERT INTO marketplaces (id, name, secret_hash, created_at) \
@@ -404,10 +409,7 @@ mod tests {
             "{rows} rows of transactions read for 14 lists of at most 11"
         );
         db.close().await;
-        sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .execute(&admin)
-            .await
-            .expect("drop schema");
+        crate::store::drop_test_schema(&admin, &schema).await;
     }
 
     /// PostgreSQL only. Events with a delivery in a state other than succeeded were found by
@@ -423,11 +425,7 @@ mod tests {
     async fn events_with_a_delivery_failed_or_waiting_are_found_from_those_deliveries() {
         let (admin, schema, url) = crate::store::test_schema().await;
         // One connection: the one whose statistics `rows_read` reports is the lists'.
-        let options = DbOptions {
-            max_connections: 1,
-            ..DbOptions::default()
-        };
-        let db = Db::connect(&url, &options).await.expect("connect");
+        let db = one_connection(&url).await;
         let setup = "INSERT INTO marketplaces (id, name, secret_hash, created_at) VALUES ('MP1', 'm', 'h', 0); \
              INSERT INTO callbacks (id, marketplace_id, url, method, revision, enabled, secret, created_at, \
                  updated_at) VALUES ('CB1', 'MP1', 'https://a', 'post', 'r', TRUE, 's', 0, 0); \
@@ -478,9 +476,6 @@ mod tests {
             assert!(rows < 100, "{rows} rows read for 3 lists of {status}");
         }
         db.close().await;
-        sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .execute(&admin)
-            .await
-            .expect("drop schema");
+        crate::store::drop_test_schema(&admin, &schema).await;
     }
 }
