@@ -849,10 +849,14 @@ fn window_reason(disable_after_us: i64) -> String {
     )
 }
 
-/// Batches of up to this many insert chunks keep their prepared text (a text per number of
-/// insert and count chunks: at most 16). SQLite keeps a compiled program per text (up to
-/// 100 per connection), and those of rare large batches took 20 MiB.
-const KEPT_CHUNKS: usize = 2;
+/// Batches of up to this many insert chunks (128 attempts: two callbacks' whole share at
+/// the default 64 in flight each) keep their prepared text; larger ones are prepared for
+/// their run alone. A text per number of insert and count chunks: at most 40, as k insert
+/// chunks have at most 4k count chunks. SQLite keeps a compiled program per text (up to
+/// 100 per connection, the least recently used dropped), and those of rare large batches
+/// took 20 MiB. With two, batches of 65-128 attempts were each prepared anew: 9 % of the
+/// writer thread's time in the benchmark (README, Benchmark).
+const KEPT_CHUNKS: usize = 4;
 
 /// SQLite: moves each delivery of `chunk` still under its claim's lease to its next state,
 /// in one statement that returns the ids it moved. Padded to a full chunk. A VALUES list
@@ -905,7 +909,7 @@ fn insert_attempts(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::
 pub(crate) const COUNTED_MINUTE_US: i64 = 60_000_000;
 
 /// SQLite: (callback, minute) rows per statement of [`count_attempts`], padded like the
-/// other chunks: a batch of up to [`KEPT_CHUNKS`] insert chunks has at most eight.
+/// other chunks: a batch of up to [`KEPT_CHUNKS`] insert chunks has at most 16 such statements.
 const COUNT_CHUNK: usize = 8;
 
 /// SQLite: adds `finished` to `attempt_counts`, a row per callback and minute (PostgreSQL's
