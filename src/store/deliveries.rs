@@ -517,9 +517,9 @@ impl Db {
 
     /// [`Db::record_attempts`] on SQLite's writer, already taken. The transaction is two
     /// round trips to the writer's thread: the deliveries' moves, the attempts and their
-    /// counts with its `BEGIN`, then the callbacks' health with its `COMMIT`. `moves` is [`Db::moves`] of
-    /// `finished`, built before the writer was taken, so that the writer does not wait for
-    /// it. Should it fail, the caller closes the connection, which rolls the transaction back.
+    /// counts with its `BEGIN`, then the callbacks' health with its `COMMIT`. `moves` is
+    /// [`Db::moves`] of `finished`, built before the writer was taken, so that the writer
+    /// does not wait for it. Should it fail, the caller closes the connection, which rolls the transaction back.
     pub(crate) async fn record_attempts_on(
         &self,
         writer: &mut AnyConnection,
@@ -863,7 +863,6 @@ const KEPT_CHUNKS: usize = 4;
 /// names its columns column1, column2, ...
 fn fence_and_advance(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::Error> {
     const WIDTH: usize = 5;
-    let rows = UPDATE_CHUNK;
     static SQL: LazyLock<String> = LazyLock::new(|| {
         sqlite_text(format!(
             "UPDATE deliveries SET status = v.column3, attempts = attempts + 1, next_attempt_at = v.column4, \
@@ -882,14 +881,13 @@ fn fence_and_advance(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx
             add(args, next_at)?;
             add(args, f.record.started_at)?;
         }
-        (chunk.len() * WIDTH..rows * WIDTH).try_for_each(|_| add(args, None::<String>))
+        pad(args, chunk.len(), UPDATE_CHUNK, WIDTH)
     })
 }
 
 /// SQLite: the attempt rows of `chunk`, padded to a full chunk (the padding's rows are not
 /// kept).
 fn insert_attempts(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::Error> {
-    let rows = INSERT_CHUNK;
     static SQL: LazyLock<String> = LazyLock::new(|| {
         sqlite_text(format!(
             "INSERT INTO attempts (delivery_id, attempt, started_at, duration_us, request_headers, request_body, \
@@ -900,8 +898,19 @@ fn insert_attempts(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::
     });
     script.push_positional(&SQL, |args| {
         bind_log(args, chunk)?;
-        (chunk.len() * LOG_WIDTH..rows * LOG_WIDTH).try_for_each(|_| add(args, None::<String>))
+        pad(args, chunk.len(), INSERT_CHUNK, LOG_WIDTH)
     })
+}
+
+/// SQLite: the NULLs of the padding rows that fill a chunk of `filled` rows up to `rows`,
+/// each `width` parameters wide.
+fn pad(
+    args: &mut AnyArguments,
+    filled: usize,
+    rows: usize,
+    width: usize,
+) -> Result<(), sqlx::Error> {
+    (filled * width..rows * width).try_for_each(|_| add(args, None::<String>))
 }
 
 /// A minute of `attempt_counts`: microseconds since the epoch / this. [`RECORD`] and the
@@ -909,7 +918,8 @@ fn insert_attempts(script: &mut Script, chunk: &[Finished]) -> Result<(), sqlx::
 pub(crate) const COUNTED_MINUTE_US: i64 = 60_000_000;
 
 /// SQLite: (callback, minute) rows per statement of [`count_attempts`], padded like the
-/// other chunks: a batch of up to [`KEPT_CHUNKS`] insert chunks has at most 16 such statements.
+/// other chunks: a batch of up to [`KEPT_CHUNKS`] insert chunks has at most 16 such
+/// statements.
 const COUNT_CHUNK: usize = 8;
 
 /// SQLite: adds `finished` to `attempt_counts`, a row per callback and minute (PostgreSQL's
@@ -952,7 +962,7 @@ fn count_attempts(script: &mut Script, finished: &[Finished]) -> Result<(), sqlx
                 add(args, *succeeded)?;
                 add(args, *failed)?;
             }
-            (chunk.len() * WIDTH..COUNT_CHUNK * WIDTH).try_for_each(|_| add(args, None::<String>))
+            pad(args, chunk.len(), COUNT_CHUNK, WIDTH)
         })?;
     }
     Ok(())
