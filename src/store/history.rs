@@ -61,7 +61,7 @@ macro_rules! attempt_select {
     () => {
         "SELECT a.delivery_id, a.attempt, a.started_at, a.duration_us, a.request_headers, a.request_body, \
          a.response_status, a.response_headers, a.response_body, a.error_code, a.error_detail, \
-         CAST(a.succeeded AS INTEGER) AS succeeded FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+         CAST(a.succeeded AS INTEGER) AS succeeded FROM attempts a"
     };
 }
 
@@ -96,6 +96,26 @@ fn attempt(row: &AnyRow) -> Result<AttemptRow, sqlx::Error> {
         error_detail: row.try_get("error_detail")?,
         succeeded: row.try_get::<i64, _>("succeeded")? != 0,
     })
+}
+
+/// A callback's latest attempts (`$1`, `$2` of them), read through the `attempts_callback`
+/// index: each attempt by the callback of its delivery, whose id is `{event}_{callback}`,
+/// so the callback is what follows the id's `_`. The condition names the index's
+/// expression as the migration wrote it for each backend (SQLite's `instr` is
+/// PostgreSQL's `strpos`).
+fn callback_attempts_sql(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => concat!(
+            attempt_select!(),
+            " WHERE substr(a.delivery_id, instr(a.delivery_id, '_') + 1) = $1 \
+             ORDER BY a.id DESC LIMIT $2"
+        ),
+        Backend::Postgres => concat!(
+            attempt_select!(),
+            " WHERE substr(a.delivery_id, strpos(a.delivery_id, '_') + 1) = $1 \
+             ORDER BY a.id DESC LIMIT $2"
+        ),
+    }
 }
 
 impl Db {
@@ -164,7 +184,7 @@ impl Db {
         Ok(rows.iter().map(attempt).collect::<Result<_, _>>()?)
     }
 
-    /// A callback's latest attempts, newest first.
+    /// A callback's latest attempts, newest first (see [`callback_attempts_sql`]).
     pub async fn callback_attempts(
         &self,
         scope: &Scope,
@@ -172,14 +192,12 @@ impl Db {
         limit: i64,
     ) -> Result<Vec<AttemptRow>, StoreError> {
         self.callback(scope, callback_id).await?;
-        let rows = sqlx::query(concat!(
-            attempt_select!(),
-            " WHERE d.callback_id = $1 ORDER BY a.id DESC LIMIT $2"
-        ))
-        .bind(callback_id)
-        .bind(limit)
-        .fetch_all(self.reader())
-        .await?;
+        let sql = callback_attempts_sql(self.backend);
+        let rows = sqlx::query(sql)
+            .bind(callback_id)
+            .bind(limit)
+            .fetch_all(self.reader())
+            .await?;
         Ok(rows.iter().map(attempt).collect::<Result<_, _>>()?)
     }
 
@@ -433,6 +451,61 @@ mod tests {
             [(Some(half_hour_ago), Some("DL2".to_owned())), (None, None)]
         );
         pool.close().await;
+    }
+
+    /// The statement of a callback's attempts names `attempts_callback`'s expression as its
+    /// migration wrote it, so it reads that index, not the whole log (on PostgreSQL with
+    /// sequential scans off: an empty table may be read whole, and what is checked is that
+    /// the index can serve the statement).
+    async fn a_callbacks_attempts_are_read_through_their_index(url: &str, backend: Backend) {
+        install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .expect("connect");
+        migrator(backend).run(&pool).await.expect("migrate");
+        let explain = match backend {
+            Backend::Sqlite => "EXPLAIN QUERY PLAN",
+            Backend::Postgres => {
+                sqlx::raw_sql("SET enable_seqscan = off")
+                    .execute(&pool)
+                    .await
+                    .expect("set");
+                "EXPLAIN"
+            }
+        };
+        let sql = format!("{explain} {}", super::callback_attempts_sql(backend));
+        let plan = sqlx::query(AssertSqlSafe(sql))
+            .bind("CB1")
+            .bind(20_i64)
+            .fetch_all(&pool)
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.get::<String, _>(row.len() - 1))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(plan.contains("attempts_callback"), "{plan}");
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_reads_a_callbacks_attempts_through_their_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("h.db").display());
+        a_callbacks_attempts_are_read_through_their_index(&url, Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(hookline_postgres),
+        ignore = "PostgreSQL only: set HOOKLINE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it"
+    )]
+    async fn postgres_reads_a_callbacks_attempts_through_their_index() {
+        let (admin, schema, url) = crate::store::test_schema().await;
+        a_callbacks_attempts_are_read_through_their_index(&url, Backend::Postgres).await;
+        crate::store::drop_test_schema(&admin, &schema).await;
     }
 
     #[tokio::test]

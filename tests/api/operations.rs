@@ -160,6 +160,61 @@ async fn a_callbacks_health_and_recent_attempts_are_readable(app: TestApp) {
     );
 }
 
+/// Each callback's attempts are its own, found from the log by the callback they were made
+/// to, newest first, however many the marketplace's other callbacks had since.
+async fn a_callbacks_attempts_are_its_own(app: TestApp) {
+    let quiet = Receiver::start(Answer::Status(200)).await;
+    let (quiet_callback, _) = register_order_created(&app, &quiet.url).await;
+    app.order().await;
+    let dispatcher = Dispatcher::new(app.db.clone(), fast());
+    deliver_all(&app, &dispatcher).await;
+    let first = format!("{}_{quiet_callback}", newest(&app, "order.created").await);
+    let busy = Receiver::start(Answer::Status(200)).await;
+    let (busy_callback, _) = register_order_created(&app, &busy.url).await;
+    for _ in 0..3 {
+        app.order().await;
+    }
+    deliver_all(&app, &dispatcher).await;
+
+    let webhook_ids = |callback: &str| {
+        let path = format!("/callbacks/{callback}/attempts?limit=100");
+        let app = &app;
+        async move {
+            let (status, body) = app.get(&path).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["callback_logs"]
+                .as_array()
+                .expect("logs")
+                .iter()
+                .map(|log| log["webhook_id"].as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let quiet_ids = webhook_ids(&quiet_callback).await;
+    let busy_ids = webhook_ids(&busy_callback).await;
+    assert_eq!(quiet_ids.len(), 4, "an order each: {quiet_ids:?}");
+    assert_eq!(
+        busy_ids.len(),
+        3,
+        "the orders after it was registered: {busy_ids:?}"
+    );
+    assert!(
+        quiet_ids
+            .iter()
+            .all(|id| id.ends_with(&format!("_{quiet_callback}")))
+    );
+    assert!(
+        busy_ids
+            .iter()
+            .all(|id| id.ends_with(&format!("_{busy_callback}")))
+    );
+    assert_eq!(
+        quiet_ids.last(),
+        Some(&first),
+        "newest first: the first order's is last"
+    );
+}
+
 async fn events_filter_by_type_entity_time_and_delivery_state(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(410)).await;
     register(
@@ -358,6 +413,7 @@ on_both_backends!(
     redelivery_by_hand_requeues_once_while_pending,
     failed_deliveries_of_a_time_range_are_requeued_in_bulk,
     a_callbacks_health_and_recent_attempts_are_readable,
+    a_callbacks_attempts_are_its_own,
     events_filter_by_type_entity_time_and_delivery_state,
     another_marketplace_sees_none_of_it_and_the_operator_sees_all,
 );
