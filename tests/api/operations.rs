@@ -160,17 +160,17 @@ async fn a_callbacks_health_and_recent_attempts_are_readable(app: TestApp) {
     );
 }
 
-/// Each callback's attempts are its own, found from the log by the callback they were made
-/// to, newest first, however many the marketplace's other callbacks had since.
+/// Each callback's attempts are its own, newest first: one registered before the first
+/// order has an attempt for each of four, one registered after it for the last three.
 async fn a_callbacks_attempts_are_its_own(app: TestApp) {
-    let quiet = Receiver::start(Answer::Status(200)).await;
-    let (quiet_callback, _) = register_order_created(&app, &quiet.url).await;
+    let early = Receiver::start(Answer::Status(200)).await;
+    let (early_callback, _) = register_order_created(&app, &early.url).await;
     app.order().await;
     let dispatcher = Dispatcher::new(app.db.clone(), fast());
     deliver_all(&app, &dispatcher).await;
-    let first = format!("{}_{quiet_callback}", newest(&app, "order.created").await);
-    let busy = Receiver::start(Answer::Status(200)).await;
-    let (busy_callback, _) = register_order_created(&app, &busy.url).await;
+    let first = format!("{}_{early_callback}", newest(&app, "order.created").await);
+    let late = Receiver::start(Answer::Status(200)).await;
+    let (late_callback, _) = register_order_created(&app, &late.url).await;
     for _ in 0..3 {
         app.order().await;
     }
@@ -190,26 +190,26 @@ async fn a_callbacks_attempts_are_its_own(app: TestApp) {
                 .collect::<Vec<_>>()
         }
     };
-    let quiet_ids = webhook_ids(&quiet_callback).await;
-    let busy_ids = webhook_ids(&busy_callback).await;
-    assert_eq!(quiet_ids.len(), 4, "an order each: {quiet_ids:?}");
+    let early_ids = webhook_ids(&early_callback).await;
+    let late_ids = webhook_ids(&late_callback).await;
+    assert_eq!(early_ids.len(), 4, "an order each: {early_ids:?}");
     assert_eq!(
-        busy_ids.len(),
+        late_ids.len(),
         3,
-        "the orders after it was registered: {busy_ids:?}"
+        "the orders after it was registered: {late_ids:?}"
     );
     assert!(
-        quiet_ids
+        early_ids
             .iter()
-            .all(|id| id.ends_with(&format!("_{quiet_callback}")))
+            .all(|id| id.ends_with(&format!("_{early_callback}")))
     );
     assert!(
-        busy_ids
+        late_ids
             .iter()
-            .all(|id| id.ends_with(&format!("_{busy_callback}")))
+            .all(|id| id.ends_with(&format!("_{late_callback}")))
     );
     assert_eq!(
-        quiet_ids.last(),
+        early_ids.last(),
         Some(&first),
         "newest first: the first order's is last"
     );
