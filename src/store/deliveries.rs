@@ -519,7 +519,8 @@ impl Db {
     /// round trips to the writer's thread: the deliveries' moves, the attempts and their
     /// counts with its `BEGIN`, then the callbacks' health with its `COMMIT`. `moves` is
     /// [`Db::moves`] of `finished`, built before the writer was taken, so that the writer
-    /// does not wait for it. Should it fail, the caller closes the connection, which rolls the transaction back.
+    /// does not wait for it. Should it fail, the caller closes the connection, which rolls
+    /// the transaction back.
     pub(crate) async fn record_attempts_on(
         &self,
         writer: &mut AnyConnection,
