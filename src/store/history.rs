@@ -4,7 +4,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::deliveries::COUNTED_MINUTE_US;
+use super::attempt_log::COUNTED_MINUTE_US;
 use super::{Backend, Db, Scope, StoreError, Tx, now_micros};
 
 /// One delivery of an event to a callback.
@@ -184,7 +184,7 @@ impl Db {
         Ok(rows.iter().map(attempt).collect::<Result<_, _>>()?)
     }
 
-    /// A callback's latest attempts, newest first (see [`callback_attempts_sql`]).
+    /// A callback's latest attempts, newest first (see `callback_attempts_sql`).
     pub async fn callback_attempts(
         &self,
         scope: &Scope,
@@ -355,7 +355,7 @@ mod tests {
     use sqlx::any::{AnyPoolOptions, install_default_drivers};
     use sqlx::{AssertSqlSafe, Row};
 
-    use crate::store::deliveries::COUNTED_MINUTE_US;
+    use crate::store::attempt_log::COUNTED_MINUTE_US;
     use crate::store::{Backend, migrator, now_micros};
 
     /// The migration that brought `attempt_counts` (`version`) fills it, and each

@@ -13,6 +13,7 @@
 //! of the API's writes wait for it at a time, so the dispatcher's claims and attempt records
 //! wait behind the one holding it and two more at most.
 
+mod attempt_log;
 mod callbacks;
 pub mod deliveries;
 pub mod history;
@@ -549,11 +550,12 @@ impl Script {
 /// connection stays busy ([`replan_now`] skips the steps that pass while a connection is
 /// out). The claim and the attempt record are written so that every row they read can be
 /// found by an index probe (lateral subqueries, `= ANY(ARRAY(...))` of ids; see
-/// `CLAIM_WITH_INPUTS` and `RECORD` in `deliveries.rs`), and with sequential scans off
-/// PostgreSQL plans them so: planned with them on, a claim scanned every delivery to find
-/// the few it took, 15-25 ms a claim at 40,000 deliveries (README, Benchmark). The other
-/// statements on these sessions read by id too, except `due_callbacks` and `next_due`, which
-/// read every enabled callback by design (through an index, with sequential scans off).
+/// `CLAIM_WITH_INPUTS` in `deliveries.rs` and `RECORD` in `attempt_log.rs`), and with
+/// sequential scans off PostgreSQL plans them so: planned with them on, a claim scanned
+/// every delivery to find the few it took, 15-25 ms a claim at 40,000 deliveries (README,
+/// Benchmark). The other statements on these sessions read by id too, except
+/// `due_callbacks` and `next_due`, which read every enabled callback by design (through an
+/// index, with sequential scans off).
 const DISPATCH_SESSION: &str = "SET enable_seqscan = off";
 
 /// The claims' session: [`DISPATCH_SESSION`]'s settings, and commits that do not wait for
