@@ -3,7 +3,7 @@
 //!
 //! - `schedule`: the retry schedule, a pure function of the attempt number.
 //! - `guard`: which addresses deliveries may go to.
-//! - `client`: the HTTP/1.1 client attempts go out with.
+//! - `client`: the HTTP/1.1 client attempts go out with; `answer`: how it reads an answer.
 //! - `http`: one signed attempt over HTTP.
 //! - `recorder`: writes finished attempts, many per transaction.
 //!
@@ -18,6 +18,7 @@
 //! deliveries table, or [`Dispatcher::wake`] in-process) and a bounded poll is the
 //! fallback. A dispatcher that dies leaves leases that expire, and its work is taken again.
 
+mod answer;
 pub mod client;
 pub mod guard;
 pub mod http;
