@@ -109,28 +109,34 @@ pub struct Finished {
 }
 
 /// The due deliveries of enabled callbacks that one branch of a claim takes, oldest due
-/// first. `{now}` is the parameter of the time, `{filter}` narrows them to one callback,
+/// first, by their rows' addresses (`{address}`: PostgreSQL's `ctid`, SQLite's `rowid`), so
+/// that the claim's update reaches each row directly rather than through the primary key.
+/// `{now}` is the parameter of the time, `{callback}` the callback whose state is checked
+/// (the branch's own, once, or each delivery's), `{filter}` narrows them to one callback,
 /// `{limit}` is the branch's limit, and `{lock}` is PostgreSQL's `FOR UPDATE OF d SKIP
 /// LOCKED`, so rows another dispatcher is claiming are skipped, not waited on (SQLite has
 /// one writer). The callback is read by a subquery on its id alone, so it is one probe of
 /// its primary key in any plan: as a join, a plan PostgreSQL made while there were few
 /// callbacks read every callback not deleted for each delivery claimed.
-const CLAIM_BRANCH: &str = "SELECT id FROM (SELECT d.id FROM deliveries d \
+const CLAIM_BRANCH: &str = "SELECT address FROM (SELECT d.{address} AS address FROM deliveries d \
      WHERE d.status IN ('pending', 'retrying') AND d.next_attempt_at <= {now} \
-     AND (SELECT c.enabled AND c.deleted_at IS NULL FROM callbacks c WHERE c.id = d.callback_id) \
+     AND (SELECT c.enabled AND c.deleted_at IS NULL FROM callbacks c WHERE c.id = {callback}) \
      {filter} ORDER BY d.next_attempt_at LIMIT {limit} {lock}) AS b";
 
 /// A claim: one statement, whose branches are [`CLAIM_BRANCH`]es joined by `UNION ALL`
-/// (`{ids}`: on PostgreSQL `= ANY(ARRAY(...))` of them, so the rows claimed are found by
-/// their ids whatever the size PostgreSQL took the table for when it planned the
-/// statement; as `IN (...)` it may hash them and scan the table for them).
+/// (`{rows}`: on PostgreSQL `ctid = ANY(ARRAY(...))` of them, a TID scan whatever the size
+/// PostgreSQL took the table for when it planned the statement; on SQLite `rowid IN
+/// (...)`). The rows are locked by the branches (PostgreSQL), or written by nobody else
+/// (SQLite's one writer), so their addresses hold until the update. On PostgreSQL a row
+/// that another transaction changed between the claim's start and its lock may be locked
+/// at an address the claim's snapshot does not see, and is then left for the next claim.
 ///
 /// A claim also moves `next_attempt_at` to the lease's expiry: a delivery in flight is not
 /// due until its lease runs out (then it is, if its attempt was lost). So the due range of
 /// the `deliveries_due_callback` index holds only work nobody holds, and a claim reads no
 /// leased rows.
 const CLAIM: &str = "UPDATE deliveries SET lease_token = $1, lease_expires_at = $2, next_attempt_at = $3 \
-     WHERE id {ids} \
+     WHERE {rows} \
      RETURNING id, event_id, callback_id, attempts, schedule_base, schedule_start";
 
 /// How many of an event's deliveries are in each state, for its body's `callback_statuses`:
@@ -145,48 +151,62 @@ const COUNTED: &str = "COUNT(CASE WHEN d.status = 'pending' THEN 1 END) AS pendi
 const EVENT_DELIVERIES: &str = "FROM events e JOIN callbacks c ON c.marketplace_id = e.marketplace_id \
      JOIN deliveries d ON d.id = e.id || '_' || c.id AND d.event_id = e.id";
 
-/// PostgreSQL: [`COUNTED`] for each event `k.event_id` (the columns of `n`), over the
-/// deliveries [`EVENT_DELIVERIES`] finds, found the same way by lateral subqueries (which
-/// SQLite lacks) that cannot be merged into joins (`OFFSET 0`): the event by its id, its
-/// marketplace's callbacks, a delivery by its id for each. So each row is an index probe
-/// whatever the sizes PostgreSQL took the tables for when it planned the statement: as
-/// joins, a plan made at 1,000 events scanned all three tables once they had grown (207
+/// PostgreSQL: each event `k.event_id` read by its id, as `e` with the columns `{columns}`,
+/// or NULLs if it does not exist.
+const EVENT_BY_ID: &str =
+    "LEFT JOIN LATERAL (SELECT {columns} FROM events WHERE id = k.event_id OFFSET 0) e ON TRUE";
+
+/// PostgreSQL: [`COUNTED`] for each event `e` ([`EVENT_BY_ID`]; the columns of `n`), over
+/// the deliveries [`EVENT_DELIVERIES`] finds, found the same way by lateral subqueries
+/// (which SQLite lacks) that cannot be merged into joins (`OFFSET 0`): the event by its
+/// id, its marketplace's callbacks, a delivery by its id for each. So each row is an index
+/// probe whatever the sizes PostgreSQL took the tables for when it planned the statement:
+/// as joins, a plan made at 1,000 events scanned all three tables once they had grown (207
 /// ms for 20 events at 300,000, against 0.76 ms).
 /// An event with no deliveries, or one that does not exist, counts zeros.
 const EVENT_COUNTS: &str = "CROSS JOIN LATERAL (SELECT {counted} \
-     FROM (SELECT id, marketplace_id FROM events WHERE id = k.event_id OFFSET 0) e \
-     CROSS JOIN LATERAL (SELECT id FROM callbacks WHERE marketplace_id = e.marketplace_id OFFSET 0) c \
+     FROM (SELECT id FROM callbacks WHERE marketplace_id = e.marketplace_id OFFSET 0) c \
      CROSS JOIN LATERAL (SELECT status FROM deliveries \
          WHERE id = e.id || '_' || c.id AND event_id = e.id OFFSET 0) d) n";
 
 /// A [`CLAIM`] (`{claim}`) on PostgreSQL with what its attempts send, in the same statement
-/// and snapshot: each delivery claimed with its event, its event's deliveries counted by
-/// state (before the claim's update, which changes no state; [`EVENT_COUNTS`] as
-/// `{counts}`), and its callback's target. Left joins: a delivery claimed whose event or
-/// callback cannot be read still comes back, and its attempt is recorded as not sent.
-/// Built by [`claim_with_inputs`].
+/// and snapshot: each delivery claimed with its event and the event's deliveries counted
+/// by state (before the claim's update, which changes no state; `{event}` and `{counts}`,
+/// [`EVENT_BY_ID`] and [`EVENT_COUNTS`]), and its callback's target. Each event and each
+/// callback is read once, however many of its deliveries the claim took. A delivery
+/// claimed whose event or callback cannot be read still comes back, with NULLs, and its
+/// attempt is recorded as not sent. Built by [`claim_with_inputs`].
 ///
 /// Every row is read by a lateral subquery that cannot be merged into a join (`OFFSET 0`),
 /// so each is an index probe whatever the sizes PostgreSQL took the tables for when it
 /// planned the statement: a join in a plan made while they were small could read all of
 /// `events`, `callbacks` or `deliveries` for each claim.
 const CLAIM_WITH_INPUTS: &str = "WITH claimed AS ({claim}), \
-     counted AS MATERIALIZED (SELECT k.event_id, n.* FROM (SELECT DISTINCT event_id FROM claimed) k {counts}) \
+     read_events AS MATERIALIZED (SELECT k.event_id, e.marketplace_id, e.type, e.entity_id, \
+         e.occurred_at, e.entity, n.* FROM (SELECT DISTINCT event_id FROM claimed) k {event} {counts}), \
+     targets AS MATERIALIZED (SELECT k.callback_id, cb.* FROM (SELECT DISTINCT callback_id FROM claimed) k \
+         LEFT JOIN LATERAL (SELECT url, method, secret, previous_secret, previous_secret_expires_at \
+         FROM callbacks WHERE id = k.callback_id OFFSET 0) cb ON TRUE) \
      SELECT cl.*, e.marketplace_id, e.type, e.entity_id, e.occurred_at, e.entity, \
-     n.pending, n.retrying, n.succeeded, n.failed, \
-     cb.url, cb.method, cb.secret, cb.previous_secret, cb.previous_secret_expires_at \
-     FROM claimed cl \
-     LEFT JOIN LATERAL (SELECT marketplace_id, type, entity_id, occurred_at, entity FROM events \
-         WHERE id = cl.event_id OFFSET 0) e ON TRUE \
-     LEFT JOIN counted n ON n.event_id = cl.event_id \
-     LEFT JOIN LATERAL (SELECT url, method, secret, previous_secret, previous_secret_expires_at \
-         FROM callbacks WHERE id = cl.callback_id OFFSET 0) cb ON TRUE";
+     e.pending, e.retrying, e.succeeded, e.failed, \
+     t.url, t.method, t.secret, t.previous_secret, t.previous_secret_expires_at \
+     FROM claimed cl JOIN read_events e ON e.event_id = cl.event_id \
+     JOIN targets t ON t.callback_id = cl.callback_id";
 
 /// [`CLAIM_WITH_INPUTS`] around `claim`, a [`CLAIM`].
 fn claim_with_inputs(claim: &str) -> String {
     CLAIM_WITH_INPUTS
         .replace("{claim}", claim)
+        .replace(
+            "{event}",
+            &event_by_id("id, marketplace_id, type, entity_id, occurred_at, entity"),
+        )
         .replace("{counts}", &event_counts())
+}
+
+/// [`EVENT_BY_ID`] with these columns.
+fn event_by_id(columns: &str) -> String {
+    EVENT_BY_ID.replace("{columns}", columns)
 }
 
 /// [`EVENT_COUNTS`] with its counts.
@@ -287,9 +307,9 @@ impl Db {
             !asks.is_empty() && asks.len() <= MAX_CLAIM_CALLBACKS,
             "a claim asks for 1 to {MAX_CLAIM_CALLBACKS} callbacks"
         );
-        let lock = match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => "FOR UPDATE OF d SKIP LOCKED",
+        let (address, lock) = match self.backend {
+            Backend::Sqlite => ("rowid", ""),
+            Backend::Postgres => ("ctid", "FOR UPDATE OF d SKIP LOCKED"),
         };
         let now = now_micros();
         let token = crate::domain::ids::new_id("LS");
@@ -302,9 +322,12 @@ impl Db {
         bind(&mut args, expires)?;
         for (callback, limit) in asks {
             let now = bind(&mut args, now)?;
-            let filter = match callback {
-                Some(callback) => format!("AND d.callback_id = {}", bind(&mut args, *callback)?),
-                None => String::new(),
+            let (checked, filter) = match callback {
+                Some(callback) => (
+                    bind(&mut args, *callback)?,
+                    format!("AND d.callback_id = {}", bind(&mut args, *callback)?),
+                ),
+                None => ("d.callback_id".to_owned(), String::new()),
             };
             // SQLite 3.51 re-prepares a statement whose `LIMIT` is a bound parameter each
             // time it is bound (its planner reads the value), but not one whose limit is an
@@ -316,18 +339,20 @@ impl Db {
             };
             branches.push(
                 CLAIM_BRANCH
+                    .replace("{address}", address)
                     .replace("{now}", &now)
+                    .replace("{callback}", &checked)
                     .replace("{filter}", &filter)
                     .replace("{limit}", &limit)
                     .replace("{lock}", lock),
             );
         }
         let branches = branches.join(" UNION ALL ");
-        let ids = match self.backend {
-            Backend::Sqlite => format!("IN ({branches})"),
-            Backend::Postgres => format!("= ANY(ARRAY({branches}))"),
+        let rows = match self.backend {
+            Backend::Sqlite => format!("rowid IN ({branches})"),
+            Backend::Postgres => format!("ctid = ANY(ARRAY({branches}))"),
         };
-        let sql = CLAIM.replace("{ids}", &ids);
+        let sql = CLAIM.replace("{rows}", &rows);
         Ok((positional(sql, self.backend), args, token))
     }
 
@@ -502,8 +527,9 @@ impl Db {
                 params(1, event_ids.len())
             ),
             Backend::Postgres => format!(
-                "SELECT k.event_id, n.* FROM (VALUES {}) k (event_id) {}",
+                "SELECT k.event_id, n.* FROM (VALUES {}) k (event_id) {} {}",
                 values(event_ids.len(), 1),
+                event_by_id("id, marketplace_id"),
                 event_counts()
             ),
         };
