@@ -518,6 +518,45 @@ async fn a_rounds_claims_commit_together_and_later_commits_stay_durable(app: Tes
     );
 }
 
+/// A claim checks each callback once per branch (a branch is one callback's), and each
+/// delivery's callback when it asks for any: neither takes a turned-off callback's work.
+async fn a_claim_takes_nothing_of_a_turned_off_callback(app: TestApp) {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let (off, _) = register(&app, json!({ "url": format!("{}/off", receiver.url) })).await;
+    let (on, _) = register(&app, json!({ "url": format!("{}/on", receiver.url) })).await;
+    for _ in 0..3 {
+        app.order().await;
+    }
+    let (status, _) = app
+        .put(&format!("/callbacks/{off}"), json!({ "enabled": false }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let claimed = app
+        .db
+        .claim_due_for_each(&[(off.as_str(), 5), (on.as_str(), 2)], 60_000_000)
+        .await
+        .expect("claim");
+    let sizes: Vec<usize> = claimed.iter().map(Vec::len).collect();
+    assert_eq!(
+        sizes,
+        [0, 2],
+        "the turned-off callback's branch takes nothing"
+    );
+    let rest = app.db.claim_due(10, 60_000_000).await.expect("claim any");
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(rest[0].callback_id, on);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM deliveries WHERE callback_id = $1 AND lease_token IS NULL",
+            &off
+        )
+        .await,
+        3,
+        "its deliveries stay unclaimed"
+    );
+}
+
 async fn a_claim_reads_what_its_attempts_send_as_a_read_after_it_would(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(200)).await;
     let (first, _) = register(&app, json!({ "url": format!("{}/a", receiver.url) })).await;
@@ -739,6 +778,7 @@ on_both_backends!(
     a_batch_of_many_chunks_is_written_whole,
     a_busy_callback_is_refilled_by_claims_of_its_own,
     a_rounds_claims_commit_together_and_later_commits_stay_durable,
+    a_claim_takes_nothing_of_a_turned_off_callback,
     a_claim_reads_what_its_attempts_send_as_a_read_after_it_would,
     the_dispatcher_claims_on_connections_of_its_own,
 );
