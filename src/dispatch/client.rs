@@ -5,8 +5,8 @@
 //! connection (an 8 KiB read buffer, an 8 KiB write buffer, a 9 KiB request channel block
 //! and reqwest's own state) plus a task per connection that every request and answer
 //! crosses. A delivery is one request of one shape, so this client writes it with one
-//! buffer and reads the answer in the same task, parsing it with `httparse` (hyper's
-//! parser). TLS is rustls with the platform's verifier, as reqwest had it.
+//! buffer and reads the answer in the same task (`answer`), parsing it with `httparse`
+//! (hyper's parser). TLS is rustls with the platform's verifier, as reqwest had it.
 //!
 //! What it does: `http` and `https` (HTTP/1.1 only, by ALPN); every address connected to is
 //! checked by the [`Guard`]; answers framed by `Content-Length`, chunked or by the end of

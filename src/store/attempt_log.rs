@@ -213,7 +213,8 @@ const RECORD_TYPES: &str = "ittittttiiittittttb";
 const RECORD_WIDTH: usize = RECORD_TYPES.len();
 const _: () = assert!(RECORD_WIDTH == 7 + LOG_WIDTH);
 
-/// [`RECORD`] for `finished`, padded: one statement and its arguments.
+/// [`RECORD`] for `finished`, padded: one statement and its arguments. (`pub(super)` for
+/// the plan test in `deliveries.rs`.)
 pub(super) fn record(
     finished: &[Finished],
     now: i64,

@@ -156,14 +156,14 @@ const EVENT_DELIVERIES: &str = "FROM events e JOIN callbacks c ON c.marketplace_
 const EVENT_BY_ID: &str =
     "LEFT JOIN LATERAL (SELECT {columns} FROM events WHERE id = k.event_id OFFSET 0) e ON TRUE";
 
-/// PostgreSQL: [`COUNTED`] for each event `e` ([`EVENT_BY_ID`]; the columns of `n`), over
-/// the deliveries [`EVENT_DELIVERIES`] finds, found the same way by lateral subqueries
-/// (which SQLite lacks) that cannot be merged into joins (`OFFSET 0`): the event by its
-/// id, its marketplace's callbacks, a delivery by its id for each. So each row is an index
+/// PostgreSQL: [`COUNTED`] for each event `e` read by [`EVENT_BY_ID`] before it (the
+/// columns of `n`), over the deliveries [`EVENT_DELIVERIES`] finds, found the same way by
+/// lateral subqueries (which SQLite lacks) that cannot be merged into joins (`OFFSET 0`):
+/// its marketplace's callbacks, a delivery by its id for each. So each row is an index
 /// probe whatever the sizes PostgreSQL took the tables for when it planned the statement:
 /// as joins, a plan made at 1,000 events scanned all three tables once they had grown (207
 /// ms for 20 events at 300,000, against 0.76 ms).
-/// An event with no deliveries, or one that does not exist, counts zeros.
+/// An event with no deliveries, or one that does not exist (NULLs in `e`), counts zeros.
 const EVENT_COUNTS: &str = "CROSS JOIN LATERAL (SELECT {counted} \
      FROM (SELECT id FROM callbacks WHERE marketplace_id = e.marketplace_id OFFSET 0) c \
      CROSS JOIN LATERAL (SELECT status FROM deliveries \
@@ -214,7 +214,8 @@ fn event_counts() -> String {
     EVENT_COUNTS.replace("{counted}", COUNTED)
 }
 
-/// The most callbacks one claim statement asks for (two parameters each).
+/// The most callbacks one claim statement asks for (four parameters each, after three
+/// shared).
 pub const MAX_CLAIM_CALLBACKS: usize = 100;
 
 impl Db {
@@ -628,6 +629,27 @@ pub(super) fn add<'q>(
 mod tests {
     use super::*;
 
+    /// SQLite binds a claim's parameters by position (see `positional`), which needs them in
+    /// its text in the order they are bound, each once: a claim with a branch for one
+    /// callback (its check and its filter bind it twice) and one for any keeps no `$N`.
+    #[tokio::test]
+    async fn a_sqlite_claim_binds_its_parameters_by_position() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("hookline.db");
+        let db = Db::connect(
+            path.to_str().expect("utf-8"),
+            &crate::store::DbOptions::default(),
+        )
+        .await
+        .expect("connect");
+        let (sql, args, _) = db
+            .claim_statement(&[(Some("CB1"), 5), (None, 3)], 1)
+            .expect("a claim");
+        assert!(!sql.contains('$'), "{sql}");
+        assert_eq!(sql.matches('?').count(), 9, "{sql}");
+        assert_eq!(args.len(), 9);
+    }
+
     /// PostgreSQL only. The plan PostgreSQL keeps for a prepared statement is made once,
     /// for the tables as they were; hookline prepares its statements on a new database in
     /// its first seconds. Prepared (generic plans forced) on 2 callbacks, 1,000 events and
@@ -635,7 +657,7 @@ mod tests {
     /// those deliveries by state (as the API reads it), a claim with its inputs and the
     /// record of its attempts read no more rows (give or take 500) once the tables have
     /// grown by 10,000 callbacks, 10,000 events and 20,000 deliveries: each row through an
-    /// index probe, no table or index read whole.
+    /// index probe or its address, no table or index read whole.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[cfg_attr(
         not(hookline_postgres),

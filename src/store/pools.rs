@@ -12,9 +12,9 @@ use sqlx::any::AnyPoolOptions;
 /// fill a few pages, and PostgreSQL keeps a generic plan made then for as long as the
 /// connection stays busy ([`replan_now`] skips the steps that pass while a connection is
 /// out). The claim and the attempt record are written so that every row they read can be
-/// found by an index probe (lateral subqueries, `= ANY(ARRAY(...))` of ids; see
-/// `CLAIM_WITH_INPUTS` in `deliveries.rs` and `RECORD` in `attempt_log.rs`), and with
-/// sequential scans off PostgreSQL plans them so: planned with them on, a claim scanned
+/// found by an index probe or its address (lateral subqueries, `= ANY(ARRAY(...))` of ids
+/// or of row addresses; see `CLAIM` and `CLAIM_WITH_INPUTS` in `deliveries.rs` and `RECORD`
+/// in `attempt_log.rs`), and with sequential scans off PostgreSQL plans them so: planned with them on, a claim scanned
 /// every delivery to find the few it took, 15-25 ms a claim at 40,000 deliveries (README,
 /// Benchmark). The other statements on these sessions read by id too, except
 /// `due_callbacks` and `next_due`, which read every enabled callback by design (through an
@@ -69,7 +69,7 @@ pub(super) fn postgres_pool(connections: u32, session: &'static str) -> AnyPoolO
 /// out: that one is skipped, and a connection out at every step keeps its plans (hence
 /// [`DISPATCH_SESSION`] for the dispatcher's). Each step costs each statement one plan made
 /// again.
-pub(super) fn replan_now(age: Duration, idle_for: Duration) -> bool {
+fn replan_now(age: Duration, idle_for: Duration) -> bool {
     let step = |d: Duration| (2.0 * d.as_secs_f64().max(0.5).log2()).floor() as i32;
     step(age) > step(age.saturating_sub(idle_for))
 }

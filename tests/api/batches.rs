@@ -518,8 +518,8 @@ async fn a_rounds_claims_commit_together_and_later_commits_stay_durable(app: Tes
     );
 }
 
-/// A claim checks each callback once per branch (a branch is one callback's), and each
-/// delivery's callback when it asks for any: neither takes a turned-off callback's work.
+/// Neither a claim for a turned-off callback's work nor a claim for any callback's takes
+/// it: the callback is checked in both forms of a claim's branch.
 async fn a_claim_takes_nothing_of_a_turned_off_callback(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(200)).await;
     let (off, _) = register(&app, json!({ "url": format!("{}/off", receiver.url) })).await;
