@@ -42,6 +42,15 @@ async fn claimed_orders(app: &TestApp, n: usize) -> (Receiver, String, Vec<Claim
     (receiver, callback, claimed)
 }
 
+/// Two callbacks for every event type, at `/a` and `/b` of one receiver (which comes back
+/// too, so its URLs stay taken).
+async fn two_callbacks(app: &TestApp) -> (Receiver, String, String) {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let (a, _) = register(app, json!({ "url": format!("{}/a", receiver.url) })).await;
+    let (b, _) = register(app, json!({ "url": format!("{}/b", receiver.url) })).await;
+    (receiver, a, b)
+}
+
 async fn enqueue_many_fans_each_event_out_to_the_callbacks_that_want_it(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(200)).await;
     let (all, _) = register(&app, json!({ "url": format!("{}/all", receiver.url) })).await;
@@ -455,9 +464,7 @@ async fn a_busy_callback_is_refilled_by_claims_of_its_own(app: TestApp) {
 }
 
 async fn a_rounds_claims_commit_together_and_later_commits_stay_durable(app: TestApp) {
-    let receiver = Receiver::start(Answer::Status(200)).await;
-    let (first, _) = register(&app, json!({ "url": format!("{}/a", receiver.url) })).await;
-    let (second, _) = register(&app, json!({ "url": format!("{}/b", receiver.url) })).await;
+    let (_receiver, first, second) = two_callbacks(&app).await;
     for _ in 0..3 {
         app.order().await;
     }
@@ -521,9 +528,7 @@ async fn a_rounds_claims_commit_together_and_later_commits_stay_durable(app: Tes
 /// Neither a claim for a turned-off callback's work nor a claim for any callback's takes
 /// it: the callback is checked in both forms of a claim's branch.
 async fn a_claim_takes_nothing_of_a_turned_off_callback(app: TestApp) {
-    let receiver = Receiver::start(Answer::Status(200)).await;
-    let (off, _) = register(&app, json!({ "url": format!("{}/off", receiver.url) })).await;
-    let (on, _) = register(&app, json!({ "url": format!("{}/on", receiver.url) })).await;
+    let (_receiver, off, on) = two_callbacks(&app).await;
     for _ in 0..3 {
         app.order().await;
     }
@@ -558,9 +563,7 @@ async fn a_claim_takes_nothing_of_a_turned_off_callback(app: TestApp) {
 }
 
 async fn a_claim_reads_what_its_attempts_send_as_a_read_after_it_would(app: TestApp) {
-    let receiver = Receiver::start(Answer::Status(200)).await;
-    let (first, _) = register(&app, json!({ "url": format!("{}/a", receiver.url) })).await;
-    let (second, _) = register(&app, json!({ "url": format!("{}/b", receiver.url) })).await;
+    let (_receiver, first, second) = two_callbacks(&app).await;
     let (status, body) = app
         .post(&format!("/callbacks/{second}/secret"), json!({}))
         .await;
