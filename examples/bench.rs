@@ -76,7 +76,9 @@ use hookline::store::{Backend, Db, DbOptions, now_micros};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+mod support;
+
+use support::{BoxError, drop_schema, fresh_schema, proc_cpu_seconds, proc_status_kb};
 
 /// The allocator the `hookline` binary runs with, so the in-process dispatcher is measured
 /// as it runs there.
@@ -616,24 +618,6 @@ async fn bare_round_trips(args: &Args, body_bytes: usize) -> Result<(u64, f64), 
         Some(e) => Err(e.into()),
         None => Ok((done.load(Ordering::Relaxed), secs)),
     }
-}
-
-/// A fresh schema on the PostgreSQL server, as a URL whose search path is that schema.
-async fn fresh_schema(base: &str) -> Result<(String, String), BoxError> {
-    let schema = format!("bench_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(base)
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Ok((
-        format!("{base}{sep}options=-c%20search_path%3D{schema}"),
-        schema,
-    ))
 }
 
 /// target/release/hookline, beside target/release/examples/bench.
@@ -1180,22 +1164,7 @@ async fn cleanup(shared: &Shared) {
     }
     let schema = lock(&shared.schema).take();
     if let Some((base, schema)) = schema {
-        let dropped = async {
-            let admin = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .connect(&base)
-                .await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                .execute(&admin)
-                .await?;
-            admin.close().await;
-            Ok::<(), sqlx::Error>(())
-        };
-        match tokio::time::timeout(Duration::from_secs(15), dropped).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("bench: could not drop schema {schema}: {e}"),
-            Err(_) => eprintln!("bench: dropping schema {schema} timed out"),
-        }
+        drop_schema(&base, &schema).await;
     }
 }
 
@@ -1260,27 +1229,4 @@ fn cpu_seconds(shared: &Shared) -> f64 {
         .filter_map(|c| proc_cpu_seconds(&c.id().to_string()))
         .sum();
     proc_cpu_seconds("self").unwrap_or(0.0) + children
-}
-
-/// utime + stime from `/proc/<pid>/stat`, in seconds (USER_HZ is 100 on Linux).
-fn proc_cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name in parentheses; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
-}
-
-/// A `kB` line of `/proc/<pid>/status`.
-fn proc_status_kb(pid: &str, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
