@@ -22,7 +22,7 @@ pub fn routes() -> Routes {
         .route(
             "/queue",
             get(queue),
-            vec![Op::get("Queue health: due deliveries, oldest due age, in flight, attempts of the last minute", Returns::Object("Queue")).query("marketplace", "The operator's filter: one marketplace's queue")],
+            vec![Op::get("Queue health: due deliveries, oldest due age, in flight, attempts of the last minute (this minute's, and the minute before's in proportion to the part the last 60 s cover)", Returns::Object("Queue")).query("marketplace", "The operator's filter: one marketplace's queue")],
         )
 }
 
