@@ -78,7 +78,7 @@ use sqlx::Row;
 
 mod support;
 
-use support::{BoxError, drop_schema, fresh_schema, proc_cpu_seconds, proc_status_kb};
+use support::{BoxError, count, drop_schema, fresh_schema, proc_cpu_seconds, proc_status_kb};
 
 /// The allocator the `hookline` binary runs with, so the in-process dispatcher is measured
 /// as it runs there.
@@ -1016,10 +1016,6 @@ async fn wait_settled(db: &Db) -> Result<(i64, i64), BoxError> {
     )
     .await?;
     Ok((ok, failed))
-}
-
-async fn count(db: &Db, sql: &'static str) -> Result<i64, BoxError> {
-    Ok(sqlx::query(sql).fetch_one(db.reader()).await?.try_get(0)?)
 }
 
 /// Stops the dispatchers (after reading their peak memory) and adds the rows every run

@@ -1,18 +1,24 @@
-//! What the benchmarks share: a PostgreSQL schema of their own, and readings of a process
-//! from `/proc`.
+//! What the benchmarks share: a PostgreSQL schema of their own, counts, and readings of a
+//! process from `/proc`.
 
 use std::time::Duration;
 
+use hookline::store::Db;
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One connection to the PostgreSQL server at `base`, for making and dropping schemas.
+async fn admin(base: &str) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new().max_connections(1).connect(base).await
+}
 
 /// A fresh schema on the PostgreSQL server at `base`, as a URL whose search path is that
 /// schema, and the schema's name.
 pub async fn fresh_schema(base: &str) -> Result<(String, String), BoxError> {
     let schema = format!("bench_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(base)
-        .await?;
+    let admin = admin(base).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&admin)
         .await?;
@@ -28,10 +34,7 @@ pub async fn fresh_schema(base: &str) -> Result<(String, String), BoxError> {
 /// could not.
 pub async fn drop_schema(base: &str, schema: &str) {
     let dropped = async {
-        let admin = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(base)
-            .await?;
+        let admin = admin(base).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .execute(&admin)
             .await?;
@@ -43,6 +46,11 @@ pub async fn drop_schema(base: &str, schema: &str) {
         Ok(Err(e)) => eprintln!("could not drop schema {schema}: {e}"),
         Err(_) => eprintln!("dropping schema {schema} timed out"),
     }
+}
+
+/// The one number a statement such as `SELECT COUNT(*) FROM ...` answers.
+pub async fn count(db: &Db, sql: &'static str) -> Result<i64, BoxError> {
+    Ok(sqlx::query(sql).fetch_one(db.reader()).await?.try_get(0)?)
 }
 
 /// utime + stime from `/proc/<pid>/stat`, in seconds (USER_HZ is 100 on Linux).

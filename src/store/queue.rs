@@ -49,6 +49,8 @@ pub struct QueueHealth {
     /// `next_attempt_at` of the oldest due delivery, microseconds.
     pub oldest_due: Option<i64>,
     pub in_flight: i64,
+    /// Attempts of the last 60 seconds by outcome, estimated from the counts kept by the
+    /// minute (see [`Db::queue`]).
     pub succeeded_last_minute: i64,
     pub failed_last_minute: i64,
 }
@@ -65,7 +67,7 @@ impl Db {
     /// The queue of the marketplace in `scope` (all, for the operator), with the attempts
     /// of the last minute by outcome: estimated from the counts kept by the minute, as all
     /// of the current minute's and the part of the previous minute's that the last 60
-    /// seconds cover, in proportion ([`last_sixty_seconds`]).
+    /// seconds cover, in proportion.
     pub async fn queue(&self, scope: &Scope) -> Result<QueueHealth, StoreError> {
         self.queue_at(scope, now_micros()).await
     }
@@ -109,11 +111,12 @@ impl Db {
 /// Of the attempts counted in the current minute (`this_minute`) and the one before
 /// (`minute_before`), those of the 60 seconds up to `now`: all of this minute's, and of the
 /// one before, the share of it those 60 seconds cover, rounded. Exact when attempts come
-/// at a steady rate; otherwise the minute before's are taken as spread evenly over it (a
-/// burst that began in its second half is undercounted, one that ended in its first half
-/// overcounted).
+/// at a steady rate; otherwise the minute before's are taken as spread evenly over it
+/// (more of them in the part the 60 seconds cover, its end, and they are undercounted;
+/// more before it, overcounted). Minutes are `now / COUNTED_MINUTE_US`, as the counts
+/// are kept.
 fn last_sixty_seconds(now: i64, this_minute: i64, minute_before: i64) -> i64 {
-    let covered = COUNTED_MINUTE_US - now.rem_euclid(COUNTED_MINUTE_US);
+    let covered = COUNTED_MINUTE_US - now % COUNTED_MINUTE_US;
     let share = covered as f64 / COUNTED_MINUTE_US as f64;
     this_minute + (minute_before as f64 * share).round() as i64
 }
@@ -137,6 +140,16 @@ mod tests {
         assert_eq!(last_sixty_seconds(minute + 15_000_000, 3, 8), 9, "6 of 8");
         assert_eq!(last_sixty_seconds(minute + 45_000_000, 3, 8), 5, "2 of 8");
         assert_eq!(last_sixty_seconds(minute + 59_999_999, 3, 8), 3, "none");
+        assert_eq!(
+            last_sixty_seconds(minute + 10_000_000, 0, 1),
+            1,
+            "5/6, rounded"
+        );
+        assert_eq!(
+            last_sixty_seconds(minute + 40_000_000, 0, 1),
+            0,
+            "1/3, rounded"
+        );
         assert_eq!(last_sixty_seconds(minute + 30_000_000, 0, 0), 0);
     }
 
