@@ -156,17 +156,7 @@ async fn measure(args: Args, backend: Backend) -> bool {
             false
         }
     };
-    rows.push((
-        "result".to_owned(),
-        if complete { "complete" } else { "INCOMPLETE" }.to_owned(),
-    ));
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    let line = format!("+{}+", "-".repeat(width + 2));
-    println!("\n{line}");
-    for (name, value) in &rows {
-        println!("| {name:<width$} | {value}");
-    }
-    println!("{line}");
+    support::print_table(rows, complete);
     for (base, schema) in schemas {
         drop_schema(&base, &schema).await;
     }

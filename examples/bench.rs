@@ -1202,17 +1202,7 @@ fn print_table(args: &Args, shared: &Shared, complete: bool) {
         ),
     ];
     rows.extend(lock(&shared.rows).iter().cloned());
-    rows.push((
-        "result".to_owned(),
-        if complete { "complete" } else { "INCOMPLETE" }.to_owned(),
-    ));
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    let line = format!("+{}+", "-".repeat(width + 2));
-    println!("\n{line}");
-    for (name, value) in rows {
-        println!("| {name:<width$} | {value}");
-    }
-    println!("{line}");
+    support::print_table(rows, complete);
     for note in lock(&shared.notes).iter() {
         println!("note: {note}");
     }

@@ -48,6 +48,21 @@ pub async fn drop_schema(base: &str, schema: &str) {
     }
 }
 
+/// Prints `rows` as the benchmarks' table, ending with whether the run was `complete`.
+pub fn print_table(mut rows: Vec<(String, String)>, complete: bool) {
+    rows.push((
+        "result".to_owned(),
+        if complete { "complete" } else { "INCOMPLETE" }.to_owned(),
+    ));
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let line = format!("+{}+", "-".repeat(width + 2));
+    println!("\n{line}");
+    for (name, value) in rows {
+        println!("| {name:<width$} | {value}");
+    }
+    println!("{line}");
+}
+
 /// The one number a statement such as `SELECT COUNT(*) FROM ...` answers.
 pub async fn count(db: &Db, sql: &'static str) -> Result<i64, BoxError> {
     Ok(sqlx::query(sql).fetch_one(db.reader()).await?.try_get(0)?)
