@@ -7,6 +7,9 @@
 //! A batch the database refuses is tried again three times, then attempt by attempt, so one
 //! bad record cannot keep the others out of the log.
 //!
+//! On PostgreSQL the writes go to one connection for as long as there is more to write (a
+//! second at most, [`KEEP_WRITER`]), not to a connection taken from the pool for each.
+//!
 //! On SQLite the writer also runs the dispatcher's claims: each turn takes the one write
 //! connection once, for the attempts that finished, then for the claims asked for meanwhile,
 //! so no claim waits for the connection to be handed over between them (each hand-over is
@@ -26,6 +29,13 @@ use crate::store::{Backend, CloseUnlessSettled, Db, Script, StoreError};
 
 /// The most attempts written in one transaction.
 const MAX_BATCH: usize = 1024;
+
+/// How long PostgreSQL's writer keeps one connection while there is more to write, before
+/// handing it back to the pool (whose upkeep, a ping after a rest and plans made again as
+/// it ages, reaches a connection only as it is handed out). Taken from the pool for each
+/// write, the writes went to each of the pool's idle connections in turn (README,
+/// Benchmark).
+const KEEP_WRITER: Duration = Duration::from_secs(1);
 
 /// Told of each attempt once written: `Ok(true)` if its delivery moved on, `Ok(false)` if
 /// its claim had lost the lease (a newer result stands), or why it could not be written
@@ -102,6 +112,8 @@ async fn write_loop(
 ) {
     let mut received = Vec::with_capacity(MAX_BATCH);
     let mut claims = Vec::new();
+    // PostgreSQL's writer kept from the last turn, and since when.
+    let mut kept: Option<(CloseUnlessSettled, Instant)> = None;
     loop {
         tokio::select! {
             biased;
@@ -128,10 +140,22 @@ async fn write_loop(
         // SQLite's writer, taken once for the turn; if it cannot be, or anything fails on
         // it, it is closed and the rest takes a connection of its own.
         let mut writer = match db.backend() {
-            Backend::Sqlite => db.sqlite_writer().await.ok(),
+            Backend::Sqlite => db.take_writer().await.ok(),
             Backend::Postgres => None,
         };
-        if !batch.is_empty() {
+        if !batch.is_empty() && db.backend() == Backend::Postgres {
+            let started = Instant::now();
+            record_on_kept(&db, &mut kept, &batch, disable_after_us, &on_written).await;
+            crate::observe::attempt_log_written(started.elapsed());
+            if pending.is_empty()
+                && let Some((taken, _)) = kept.take()
+            {
+                taken.settled();
+            }
+            for written in waiting {
+                let _ = written.send(());
+            }
+        } else if !batch.is_empty() {
             let started = Instant::now();
             record(
                 &db,
@@ -165,11 +189,37 @@ async fn write_loop(
             taken.settled();
         }
     }
+    if let Some((taken, _)) = kept {
+        taken.settled();
+    }
 }
 
-/// Writes a batch of attempts and tells `on_written` of each: on `writer` first, if taken,
-/// with the batch's `moves` built beforehand (closed should that fail); then with retries;
-/// then, should the batch still be refused, attempt by attempt.
+/// PostgreSQL: [`record`] on the writer kept from the last turn, or on one taken now, which
+/// is kept in turn if the write went well, unless it has been kept for [`KEEP_WRITER`].
+async fn record_on_kept(
+    db: &Db,
+    kept: &mut Option<(CloseUnlessSettled, Instant)>,
+    batch: &[Finished],
+    disable_after_us: i64,
+    on_written: &OnWritten,
+) {
+    let (mut writer, since) = match kept.take() {
+        Some((writer, since)) => (Some(writer), since),
+        None => (db.take_writer().await.ok(), Instant::now()),
+    };
+    record(db, &mut writer, batch, None, disable_after_us, on_written).await;
+    if let Some(taken) = writer {
+        if since.elapsed() < KEEP_WRITER {
+            *kept = Some((taken, since));
+        } else {
+            taken.settled();
+        }
+    }
+}
+
+/// Writes a batch of attempts and tells `on_written` of each: on `writer` first, if taken
+/// (on SQLite with the batch's `moves` built beforehand; closed should the write fail);
+/// then with retries; then, should the batch still be refused, attempt by attempt.
 async fn record(
     db: &Db,
     writer: &mut Option<CloseUnlessSettled>,
@@ -182,6 +232,19 @@ async fn record(
         (Some(taken), Some(moves)) => {
             match db
                 .record_attempts_on(taken.conn(), batch, moves, disable_after_us)
+                .await
+            {
+                Ok(kept) => Ok(kept),
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording attempts failed; retrying");
+                    *writer = None;
+                    write(db, batch, disable_after_us, 3).await
+                }
+            }
+        }
+        (Some(taken), None) if db.backend() == Backend::Postgres => {
+            match db
+                .record_attempts_on_postgres(taken.conn(), batch, disable_after_us)
                 .await
             {
                 Ok(kept) => Ok(kept),

@@ -24,20 +24,16 @@ impl Db {
     ) -> Result<Vec<bool>, StoreError> {
         match self.backend {
             Backend::Postgres => {
-                let (sql, args) = record(finished, now_micros(), disable_after_us)?;
-                let rows = sqlx::query_with(AssertSqlSafe(sql), args)
-                    .fetch_all(self.writer())
+                let mut writer = self.take_writer().await?;
+                let kept = self
+                    .record_attempts_on_postgres(writer.conn(), finished, disable_after_us)
                     .await?;
-                let mut kept = vec![false; finished.len()];
-                for row in rows {
-                    let ord: i64 = row.try_get("ord")?;
-                    kept[ord as usize] = true;
-                }
+                writer.settled();
                 Ok(kept)
             }
             Backend::Sqlite => {
                 let moves = self.moves(finished)?;
-                let mut writer = self.sqlite_writer().await?;
+                let mut writer = self.take_writer().await?;
                 let kept = self
                     .record_attempts_on(writer.conn(), finished, moves, disable_after_us)
                     .await?;
@@ -45,6 +41,26 @@ impl Db {
                 Ok(kept)
             }
         }
+    }
+
+    /// [`Db::record_attempts`] on PostgreSQL, on `writer` (a connection of the writer's
+    /// pool): one statement, [`RECORD`].
+    pub(crate) async fn record_attempts_on_postgres(
+        &self,
+        writer: &mut AnyConnection,
+        finished: &[Finished],
+        disable_after_us: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let (sql, args) = record(finished, now_micros(), disable_after_us)?;
+        let rows = sqlx::query_with(AssertSqlSafe(sql), args)
+            .fetch_all(writer)
+            .await?;
+        let mut kept = vec![false; finished.len()];
+        for row in rows {
+            let ord: i64 = row.try_get("ord")?;
+            kept[ord as usize] = true;
+        }
+        Ok(kept)
     }
 
     /// [`Db::record_attempts`] on SQLite's writer, already taken. The transaction is two

@@ -324,9 +324,10 @@ impl Db {
         &self.write
     }
 
-    /// SQLite's writer connection, for a transaction run as [`Script`]s: closed (which rolls
-    /// the transaction back) unless settled after its commit.
-    pub(crate) async fn sqlite_writer(&self) -> Result<CloseUnlessSettled, StoreError> {
+    /// A connection of the writer's pool, closed unless settled: on SQLite the writer, for
+    /// a transaction run as [`Script`]s (closing it rolls the transaction back); on
+    /// PostgreSQL the attempt log's, kept from one write to the next.
+    pub(crate) async fn take_writer(&self) -> Result<CloseUnlessSettled, StoreError> {
         Ok(CloseUnlessSettled(Some(self.write.acquire().await?)))
     }
 
@@ -456,9 +457,9 @@ fn sqlite_url(url: &str) -> String {
     }
 }
 
-/// A SQLite writer connection that is closed when dropped, unless taken out first: one
-/// whose commits may not wait for the disk, or that is inside a transaction of its own
-/// (see [`Script`]), must not serve anyone else.
+/// A writer connection that is closed when dropped, unless settled first: one whose
+/// commits may not wait for the disk, that is inside a transaction of its own (see
+/// [`Script`]), or whose last statement failed, must not serve anyone else.
 pub(crate) struct CloseUnlessSettled(Option<PoolConnection<Any>>);
 
 impl CloseUnlessSettled {

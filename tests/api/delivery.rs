@@ -748,6 +748,64 @@ async fn new_work_wakes_an_idle_dispatcher_at_once(app: TestApp) {
     running.stop().await;
 }
 
+/// The attempt log's writes are refused for a while (a trigger on `attempts`): the writer
+/// lets go of its connection (on PostgreSQL one kept from write to write), the attempts
+/// wait, and once the database takes writes again they are recorded, each once, and their
+/// deliveries move on; none is sent again.
+async fn attempts_refused_for_a_while_are_recorded_once_the_database_takes_them(app: TestApp) {
+    let mut receiver = Receiver::start(Answer::Status(200)).await;
+    register_order_created(&app, &receiver.url).await;
+    let (refuse, allow) = match app.backend() {
+        hookline::store::Backend::Sqlite => (
+            "CREATE TRIGGER refuse_attempts BEFORE INSERT ON attempts \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            "DROP TRIGGER refuse_attempts",
+        ),
+        hookline::store::Backend::Postgres => (
+            "CREATE FUNCTION refuse_attempt() RETURNS trigger AS $$ \
+             BEGIN RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER refuse_attempts BEFORE INSERT ON attempts FOR EACH ROW \
+             EXECUTE FUNCTION refuse_attempt();",
+            "DROP TRIGGER refuse_attempts ON attempts; DROP FUNCTION refuse_attempt();",
+        ),
+    };
+    let running = Running::start(Dispatcher::new(app.db.clone(), fast()));
+    let succeeded = "SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded'";
+    let settle = async |expected: i64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count(&app, succeeded).await < expected {
+            assert!(Instant::now() < deadline, "not delivered after 20 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    app.order().await;
+    settle(1).await;
+    sqlx::raw_sql(refuse)
+        .execute(app.db.writer())
+        .await
+        .expect("refuse attempts");
+    for _ in 0..3 {
+        app.order().await;
+    }
+    assert!(receiver.next(Duration::from_secs(5)).await.is_some());
+    assert!(receiver.next(Duration::from_secs(5)).await.is_some());
+    // Sent, and their records refused: their deliveries wait under their leases.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count(&app, succeeded).await, 1);
+    sqlx::raw_sql(allow)
+        .execute(app.db.writer())
+        .await
+        .expect("allow attempts");
+    settle(4).await;
+    running.stop().await;
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM attempts").await, 4);
+    assert_eq!(
+        receiver.drain().len(),
+        2,
+        "the rest sent once, and nothing sent again"
+    );
+}
+
 async fn a_dispatcher_that_lost_its_lease_cannot_overwrite_the_newer_result(app: TestApp) {
     let receiver = Receiver::start(Answer::Status(200)).await;
     register_order_created(&app, &receiver.url).await;
@@ -946,4 +1004,5 @@ on_both_backends!(
     a_slow_receiver_never_holds_up_another,
     new_work_wakes_an_idle_dispatcher_at_once,
     a_dispatcher_that_lost_its_lease_cannot_overwrite_the_newer_result,
+    attempts_refused_for_a_while_are_recorded_once_the_database_takes_them,
 );
