@@ -7,8 +7,9 @@
 //! A batch the database refuses is tried again three times, then attempt by attempt, so one
 //! bad record cannot keep the others out of the log.
 //!
-//! On PostgreSQL the writes go to one connection for as long as there is more to write (a
-//! second at most, [`KEEP_WRITER`]), not to a connection taken from the pool for each.
+//! On PostgreSQL the writes go to one connection for as long as there is more to write
+//! (until the first write after [`KEEP_WRITER`]), not to a connection taken from the pool
+//! for each.
 //!
 //! On SQLite the writer also runs the dispatcher's claims: each turn takes the one write
 //! connection once, for the attempts that finished, then for the claims asked for meanwhile,
@@ -30,8 +31,8 @@ use crate::store::{Backend, CloseUnlessSettled, Db, Script, StoreError};
 /// The most attempts written in one transaction.
 const MAX_BATCH: usize = 1024;
 
-/// How long PostgreSQL's writer keeps one connection while there is more to write, before
-/// handing it back to the pool (whose upkeep, a ping after a rest and plans made again as
+/// How long PostgreSQL's writer holds one connection while there is more to write (it
+/// checks after each write), before handing it back to the pool (whose upkeep, a ping after a rest and plans made again as
 /// it ages, reaches a connection only as it is handed out). Taken from the pool for each
 /// write, the writes went to each of the pool's idle connections in turn (README,
 /// Benchmark).
@@ -112,8 +113,8 @@ async fn write_loop(
 ) {
     let mut received = Vec::with_capacity(MAX_BATCH);
     let mut claims = Vec::new();
-    // PostgreSQL's writer kept from the last turn, and since when.
-    let mut kept: Option<(CloseUnlessSettled, Instant)> = None;
+    // PostgreSQL's writer held from the last turn, and since when.
+    let mut held: Option<(CloseUnlessSettled, Instant)> = None;
     loop {
         tokio::select! {
             biased;
@@ -143,29 +144,30 @@ async fn write_loop(
             Backend::Sqlite => db.take_writer().await.ok(),
             Backend::Postgres => None,
         };
-        if !batch.is_empty() && db.backend() == Backend::Postgres {
+        if !batch.is_empty() {
             let started = Instant::now();
-            record_on_kept(&db, &mut kept, &batch, disable_after_us, &on_written).await;
-            crate::observe::attempt_log_written(started.elapsed());
-            if pending.is_empty()
-                && let Some((taken, _)) = kept.take()
-            {
-                taken.settled();
+            match db.backend() {
+                Backend::Sqlite => {
+                    record(
+                        &db,
+                        &mut writer,
+                        &batch,
+                        moves,
+                        disable_after_us,
+                        &on_written,
+                    )
+                    .await
+                }
+                Backend::Postgres => {
+                    record_on_held(&db, &mut held, &batch, disable_after_us, &on_written).await;
+                    // Kept only while more is waiting: never while the loop waits.
+                    if pending.is_empty()
+                        && let Some((taken, _)) = held.take()
+                    {
+                        taken.settled();
+                    }
+                }
             }
-            for written in waiting {
-                let _ = written.send(());
-            }
-        } else if !batch.is_empty() {
-            let started = Instant::now();
-            record(
-                &db,
-                &mut writer,
-                &batch,
-                moves,
-                disable_after_us,
-                &on_written,
-            )
-            .await;
             crate::observe::attempt_log_written(started.elapsed());
             for written in waiting {
                 let _ = written.send(());
@@ -189,28 +191,28 @@ async fn write_loop(
             taken.settled();
         }
     }
-    if let Some((taken, _)) = kept {
-        taken.settled();
-    }
+    debug_assert!(held.is_none(), "held only while more is waiting");
 }
 
-/// PostgreSQL: [`record`] on the writer kept from the last turn, or on one taken now, which
-/// is kept in turn if the write went well, unless it has been kept for [`KEEP_WRITER`].
-async fn record_on_kept(
+/// PostgreSQL: [`record`] on the writer held since an earlier write, or on one taken now,
+/// which is held in turn if the write went well, unless it has been held for
+/// [`KEEP_WRITER`] (or its pool has no other connection for the dispatcher's reads).
+async fn record_on_held(
     db: &Db,
-    kept: &mut Option<(CloseUnlessSettled, Instant)>,
+    held: &mut Option<(CloseUnlessSettled, Instant)>,
     batch: &[Finished],
     disable_after_us: i64,
     on_written: &OnWritten,
 ) {
-    let (mut writer, since) = match kept.take() {
+    let (mut writer, since) = match held.take() {
         Some((writer, since)) => (Some(writer), since),
         None => (db.take_writer().await.ok(), Instant::now()),
     };
     record(db, &mut writer, batch, None, disable_after_us, on_written).await;
     if let Some(taken) = writer {
-        if since.elapsed() < KEEP_WRITER {
-            *kept = Some((taken, since));
+        let shared = db.writer().options().get_max_connections() > 1;
+        if shared && since.elapsed() < KEEP_WRITER {
+            *held = Some((taken, since));
         } else {
             taken.settled();
         }
@@ -228,41 +230,32 @@ async fn record(
     disable_after_us: i64,
     on_written: &OnWritten,
 ) {
-    let written = match (writer.as_mut(), moves) {
-        (Some(taken), Some(moves)) => {
-            match db
-                .record_attempts_on(taken.conn(), batch, moves, disable_after_us)
-                .await
-            {
-                Ok(kept) => Ok(kept),
-                Err(e) => {
-                    tracing::warn!(error = %e, "recording attempts failed; retrying");
-                    *writer = None;
-                    write(db, batch, disable_after_us, 3).await
-                }
-            }
-        }
-        (Some(taken), None) if db.backend() == Backend::Postgres => {
-            match db
-                .record_attempts_on_postgres(taken.conn(), batch, disable_after_us)
-                .await
-            {
-                Ok(kept) => Ok(kept),
-                Err(e) => {
-                    tracing::warn!(error = %e, "recording attempts failed; retrying");
-                    *writer = None;
-                    write(db, batch, disable_after_us, 3).await
-                }
-            }
-        }
-        // No writer taken, or the statements could not be built: the writer (untouched) is
-        // handed back, as the retries take it themselves.
+    let on_writer = match (writer.as_mut(), moves) {
+        (Some(taken), Some(moves)) => Some(
+            db.record_attempts_on_sqlite(taken.conn(), batch, moves, disable_after_us)
+                .await,
+        ),
+        (Some(taken), None) if db.backend() == Backend::Postgres => Some(
+            db.record_attempts_on_postgres(taken.conn(), batch, disable_after_us)
+                .await,
+        ),
+        // No writer taken, or SQLite's statements could not be built: the writer
+        // (untouched) is handed back, as the retries take it themselves.
         _ => {
             if let Some(taken) = writer.take() {
                 taken.settled();
             }
+            None
+        }
+    };
+    let written = match on_writer {
+        Some(Ok(kept)) => Ok(kept),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "recording attempts failed; retrying");
+            *writer = None;
             write(db, batch, disable_after_us, 3).await
         }
+        None => write(db, batch, disable_after_us, 3).await,
     };
     match written {
         Ok(kept) => {
@@ -307,5 +300,182 @@ async fn write(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use serde_json::json;
+    use sqlx::Row;
+
+    use super::{KEEP_WRITER, OnWritten, record_on_held};
+    use crate::domain::callbacks::{CallbackUrl, Method, NewCallback};
+    use crate::store::deliveries::{AttemptRecord, Finished, Health, Next};
+    use crate::store::outbox::{self, NewEvent};
+    use crate::store::{Db, DbOptions, now_micros};
+
+    /// Claims `n` new deliveries of the marketplace's one callback and makes each a
+    /// delivered attempt.
+    async fn delivered(db: &Db, marketplace: &str, n: usize) -> Vec<Finished> {
+        let entity = json!({ "orders": [{ "id": "OR1" }] });
+        let events: Vec<NewEvent> = (0..n)
+            .map(|_| NewEvent {
+                marketplace_id: marketplace,
+                event_type: "order.created",
+                entity_id: "OR1",
+                entity: &entity,
+                occurred_at: now_micros(),
+            })
+            .collect();
+        let mut tx = db.begin().await.expect("begin");
+        outbox::enqueue_many::<sqlx::Any>(&mut *tx, &events)
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit");
+        let claimed = db.claim_due(n as i64, 60_000_000).await.expect("claim");
+        assert_eq!(claimed.len(), n);
+        claimed
+            .into_iter()
+            .map(|claimed| Finished {
+                claimed,
+                record: AttemptRecord {
+                    started_at: now_micros(),
+                    duration_us: 1,
+                    request_headers: Vec::new(),
+                    request_body: "{}".to_owned(),
+                    response_status: Some(200),
+                    response_headers: Some(Vec::new()),
+                    response_body: Some(String::new()),
+                    error_code: None,
+                    error_detail: None,
+                    succeeded: true,
+                },
+                next: Next::Succeeded,
+                health: Health::Ok,
+            })
+            .collect()
+    }
+
+    async fn backend_pid(conn: &mut sqlx::AnyConnection) -> i32 {
+        sqlx::query("SELECT pg_backend_pid()")
+            .fetch_one(conn)
+            .await
+            .expect("pid")
+            .get(0)
+    }
+
+    /// PostgreSQL's writer holds its connection from one write to the next, hands it back
+    /// to the pool once it has been held for `KEEP_WRITER`, and lets go of it (closed) when
+    /// a write on it fails, the batch then written by the retries.
+    #[tokio::test]
+    #[cfg_attr(
+        not(hookline_postgres),
+        ignore = "PostgreSQL only: set HOOKLINE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it"
+    )]
+    async fn postgres_holds_its_writer_hands_it_back_and_lets_go_of_it_on_failure() {
+        let (admin, schema, url) = crate::store::test_schema().await;
+        let db = Db::connect(&url, &DbOptions::default())
+            .await
+            .expect("connect")
+            .for_dispatcher();
+        let (marketplace, _) = db.create_marketplace("m").await.expect("marketplace");
+        db.create_callback(
+            &marketplace.id,
+            NewCallback {
+                url: CallbackUrl::parse("https://example.com/hook", false).expect("url"),
+                method: Method::Post,
+                revision: "1.1".to_owned(),
+                event_types: Vec::new(),
+                enabled: true,
+            },
+        )
+        .await
+        .expect("callback");
+        let told = Arc::new(AtomicUsize::new(0));
+        let counted = told.clone();
+        let on_written: OnWritten = Box::new(move |_, written| {
+            assert_eq!(written, Ok(true));
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut held = None;
+
+        let batch = delivered(&db, &marketplace.id, 2).await;
+        record_on_held(&db, &mut held, &batch, i64::MAX, &on_written).await;
+        let (writer, _) = held.as_mut().expect("held after a write");
+        let first = backend_pid(writer.conn()).await;
+        let batch = delivered(&db, &marketplace.id, 2).await;
+        record_on_held(&db, &mut held, &batch, i64::MAX, &on_written).await;
+        let (writer, since) = held.as_mut().expect("still held");
+        assert_eq!(
+            backend_pid(writer.conn()).await,
+            first,
+            "the same connection"
+        );
+
+        // Held for `KEEP_WRITER`: handed back after the next write, not closed.
+        *since = Instant::now() - KEEP_WRITER;
+        let open = db.writer().size();
+        let batch = delivered(&db, &marketplace.id, 1).await;
+        record_on_held(&db, &mut held, &batch, i64::MAX, &on_written).await;
+        assert!(held.is_none(), "handed back");
+        assert_eq!(db.writer().size(), open, "to the pool, open");
+
+        // A write refused on the held connection: it is closed, and the retries (the first
+        // after 400 ms) write the batch once the trigger is gone.
+        let batch = delivered(&db, &marketplace.id, 2).await;
+        held = Some((db.take_writer().await.expect("writer"), Instant::now()));
+        let (writer, _) = held.as_mut().expect("held");
+        let refused = backend_pid(writer.conn()).await;
+        let in_schema = |sql: &str| format!("SET search_path = {schema}; {sql}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(in_schema(
+            "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ \
+             LANGUAGE plpgsql; CREATE TRIGGER refuse BEFORE INSERT ON attempts FOR EACH ROW \
+             EXECUTE FUNCTION refuse();",
+        )))
+        .execute(&admin)
+        .await
+        .expect("refuse");
+        let allow = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(in_schema(
+                "DROP TRIGGER refuse ON attempts;",
+            )))
+            .execute(&admin)
+            .await
+            .expect("allow");
+        };
+        let write = record_on_held(&db, &mut held, &batch, i64::MAX, &on_written);
+        tokio::join!(write, allow);
+        assert!(held.is_none(), "let go of after the failure");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let open: i64 = sqlx::query("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = $1")
+                .bind(refused)
+                .fetch_one(&admin)
+                .await
+                .expect("activity")
+                .get(0);
+            if open == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the refused connection still open"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(told.load(Ordering::SeqCst), 7, "every attempt written once");
+        let attempts: i64 = sqlx::query("SELECT COUNT(*) FROM attempts")
+            .fetch_one(db.reader())
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(attempts, 7);
+        db.close().await;
+        crate::store::drop_test_schema(&admin, &schema).await;
     }
 }

@@ -24,18 +24,16 @@ impl Db {
     ) -> Result<Vec<bool>, StoreError> {
         match self.backend {
             Backend::Postgres => {
-                let mut writer = self.take_writer().await?;
-                let kept = self
-                    .record_attempts_on_postgres(writer.conn(), finished, disable_after_us)
-                    .await?;
-                writer.settled();
-                Ok(kept)
+                // One statement: whatever its outcome, the connection is fit to go back.
+                let mut conn = self.writer().acquire().await?;
+                self.record_attempts_on_postgres(&mut conn, finished, disable_after_us)
+                    .await
             }
             Backend::Sqlite => {
                 let moves = self.moves(finished)?;
                 let mut writer = self.take_writer().await?;
                 let kept = self
-                    .record_attempts_on(writer.conn(), finished, moves, disable_after_us)
+                    .record_attempts_on_sqlite(writer.conn(), finished, moves, disable_after_us)
                     .await?;
                 writer.settled();
                 Ok(kept)
@@ -69,7 +67,7 @@ impl Db {
     /// [`Db::moves`] of `finished`, built before the writer was taken, so that the writer
     /// does not wait for it. Should it fail, the caller closes the connection, which rolls
     /// the transaction back.
-    pub(crate) async fn record_attempts_on(
+    pub(crate) async fn record_attempts_on_sqlite(
         &self,
         writer: &mut AnyConnection,
         finished: &[Finished],

@@ -326,7 +326,8 @@ impl Db {
 
     /// A connection of the writer's pool, closed unless settled: on SQLite the writer, for
     /// a transaction run as [`Script`]s (closing it rolls the transaction back); on
-    /// PostgreSQL the attempt log's, kept from one write to the next.
+    /// PostgreSQL one for the attempt log's writes, which its writer may hold from one
+    /// write to the next (`KEEP_WRITER`).
     pub(crate) async fn take_writer(&self) -> Result<CloseUnlessSettled, StoreError> {
         Ok(CloseUnlessSettled(Some(self.write.acquire().await?)))
     }
@@ -458,8 +459,8 @@ fn sqlite_url(url: &str) -> String {
 }
 
 /// A writer connection that is closed when dropped, unless settled first: one whose
-/// commits may not wait for the disk, that is inside a transaction of its own (see
-/// [`Script`]), or whose last statement failed, must not serve anyone else.
+/// commits may not wait for the disk, or that is inside a transaction of its own (see
+/// [`Script`]), must not serve anyone else. After a failure its holder drops it.
 pub(crate) struct CloseUnlessSettled(Option<PoolConnection<Any>>);
 
 impl CloseUnlessSettled {

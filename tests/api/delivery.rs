@@ -748,10 +748,10 @@ async fn new_work_wakes_an_idle_dispatcher_at_once(app: TestApp) {
     running.stop().await;
 }
 
-/// The attempt log's writes are refused for a while (a trigger on `attempts`): the writer
-/// lets go of its connection (on PostgreSQL one kept from write to write), the attempts
+/// The attempt log's writes are refused for a while (a trigger on `attempts`): the attempts
 /// wait, and once the database takes writes again they are recorded, each once, and their
-/// deliveries move on; none is sent again.
+/// deliveries move on; none is sent again. (What becomes of the writer's connection is
+/// tested in `dispatch::recorder`.)
 async fn attempts_refused_for_a_while_are_recorded_once_the_database_takes_them(app: TestApp) {
     let mut receiver = Receiver::start(Answer::Status(200)).await;
     register_order_created(&app, &receiver.url).await;
