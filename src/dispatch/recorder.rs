@@ -314,7 +314,7 @@ mod tests {
 
     use super::{KEEP_WRITER, OnWritten, record_on_held};
     use crate::domain::callbacks::{CallbackUrl, Method, NewCallback};
-    use crate::store::deliveries::{AttemptRecord, Finished, Health, Next};
+    use crate::store::deliveries::Finished;
     use crate::store::outbox::{self, NewEvent};
     use crate::store::{Db, DbOptions, now_micros};
 
@@ -340,23 +340,7 @@ mod tests {
         assert_eq!(claimed.len(), n);
         claimed
             .into_iter()
-            .map(|claimed| Finished {
-                claimed,
-                record: AttemptRecord {
-                    started_at: now_micros(),
-                    duration_us: 1,
-                    request_headers: Vec::new(),
-                    request_body: "{}".to_owned(),
-                    response_status: Some(200),
-                    response_headers: Some(Vec::new()),
-                    response_body: Some(String::new()),
-                    error_code: None,
-                    error_detail: None,
-                    succeeded: true,
-                },
-                next: Next::Succeeded,
-                health: Health::Ok,
-            })
+            .map(|claimed| Finished::answered_200(claimed, now_micros()))
             .collect()
     }
 

@@ -108,6 +108,30 @@ pub struct Finished {
     pub health: Health,
 }
 
+#[cfg(test)]
+impl Finished {
+    /// A test's attempt of `claimed`, started at `started_at` and answered 200 at once.
+    pub(crate) fn answered_200(claimed: Claimed, started_at: i64) -> Finished {
+        Finished {
+            claimed,
+            record: AttemptRecord {
+                started_at,
+                duration_us: 1,
+                request_headers: Vec::new(),
+                request_body: "{}".into(),
+                response_status: Some(200),
+                response_headers: Some(Vec::new()),
+                response_body: Some(String::new()),
+                error_code: None,
+                error_detail: None,
+                succeeded: true,
+            },
+            next: Next::Succeeded,
+            health: Health::Ok,
+        }
+    }
+}
+
 /// The due deliveries of enabled callbacks that one branch of a claim takes, oldest due
 /// first, by their rows' addresses (`{address}`: PostgreSQL's `ctid`, SQLite's `rowid`), so
 /// that the claim's update reaches each row directly rather than through the primary key.
@@ -771,23 +795,7 @@ mod tests {
             assert_eq!(rows.len(), 128);
             let finished: Vec<Finished> = rows[..2]
                 .iter()
-                .map(|row| Finished {
-                    claimed: super::claimed(row, &token).expect("claimed"),
-                    record: AttemptRecord {
-                        started_at: 1,
-                        duration_us: 1,
-                        request_headers: Vec::new(),
-                        request_body: "{}".into(),
-                        response_status: Some(200),
-                        response_headers: Some(Vec::new()),
-                        response_body: Some(String::new()),
-                        error_code: None,
-                        error_detail: None,
-                        succeeded: true,
-                    },
-                    next: Next::Succeeded,
-                    health: Health::Ok,
-                })
+                .map(|row| Finished::answered_200(super::claimed(row, &token).expect("claimed"), 1))
                 .collect();
             let (sql, args) =
                 crate::store::attempt_log::record(&finished, 2, 1_000_000).expect("a record");
