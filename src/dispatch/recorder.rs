@@ -159,13 +159,9 @@ async fn write_loop(
                     .await
                 }
                 Backend::Postgres => {
-                    record_on_held(&db, &mut held, &batch, disable_after_us, &on_written).await;
-                    // Kept only while more is waiting: never while the loop waits.
-                    if pending.is_empty()
-                        && let Some((taken, _)) = held.take()
-                    {
-                        taken.settled();
-                    }
+                    let more = || !pending.is_empty();
+                    record_on_held(&db, &mut held, &batch, more, disable_after_us, &on_written)
+                        .await
                 }
             }
             crate::observe::attempt_log_written(started.elapsed());
@@ -195,12 +191,14 @@ async fn write_loop(
 }
 
 /// PostgreSQL: [`record`] on the writer held since an earlier write, or on one taken now,
-/// which is held in turn if the write went well, unless it has been held for
-/// [`KEEP_WRITER`] (or its pool has no other connection for the dispatcher's reads).
+/// which is held in turn if the write went well and `more` is waiting to be written (so
+/// never while the writer waits), unless it has been held for [`KEEP_WRITER`] (or its pool
+/// has no other connection for the dispatcher's reads).
 async fn record_on_held(
     db: &Db,
     held: &mut Option<(CloseUnlessSettled, Instant)>,
     batch: &[Finished],
+    more: impl FnOnce() -> bool,
     disable_after_us: i64,
     on_written: &OnWritten,
 ) {
@@ -211,7 +209,7 @@ async fn record_on_held(
     record(db, &mut writer, batch, None, disable_after_us, on_written).await;
     if let Some(taken) = writer {
         let shared = db.writer().options().get_max_connections() > 1;
-        if shared && since.elapsed() < KEEP_WRITER {
+        if shared && since.elapsed() < KEEP_WRITER && more() {
             *held = Some((taken, since));
         } else {
             taken.settled();
@@ -388,11 +386,11 @@ mod tests {
         let mut held = None;
 
         let batch = delivered(&db, &marketplace.id, 2).await;
-        record_on_held(&db, &mut held, &batch, i64::MAX, &on_written).await;
+        record_on_held(&db, &mut held, &batch, || true, i64::MAX, &on_written).await;
         let (writer, _) = held.as_mut().expect("held after a write");
         let first = backend_pid(writer.conn()).await;
         let batch = delivered(&db, &marketplace.id, 2).await;
-        record_on_held(&db, &mut held, &batch, i64::MAX, &on_written).await;
+        record_on_held(&db, &mut held, &batch, || true, i64::MAX, &on_written).await;
         let (writer, since) = held.as_mut().expect("still held");
         assert_eq!(
             backend_pid(writer.conn()).await,
@@ -404,7 +402,7 @@ mod tests {
         *since = Instant::now() - KEEP_WRITER;
         let open = db.writer().size();
         let batch = delivered(&db, &marketplace.id, 1).await;
-        record_on_held(&db, &mut held, &batch, i64::MAX, &on_written).await;
+        record_on_held(&db, &mut held, &batch, || true, i64::MAX, &on_written).await;
         assert!(held.is_none(), "handed back");
         assert_eq!(db.writer().size(), open, "to the pool, open");
 
@@ -432,7 +430,7 @@ mod tests {
             .await
             .expect("allow");
         };
-        let write = record_on_held(&db, &mut held, &batch, i64::MAX, &on_written);
+        let write = record_on_held(&db, &mut held, &batch, || true, i64::MAX, &on_written);
         tokio::join!(write, allow);
         assert!(held.is_none(), "let go of after the failure");
         let deadline = Instant::now() + Duration::from_secs(5);
